@@ -1,0 +1,49 @@
+# kube-rbd-failover: patched kubelet and kube-controller-manager for Ceph RBD
+# failover. Every target is a thin wrapper around a script in hack/.
+#
+#   make                  build _output/bin/{kubelet,kube-controller-manager}
+#   make test             every test: upstream unit tests, specs, verify, tooling
+#   make test-stock       the A/B record: specs against stock Kubernetes
+#   make stock            stock binaries into _output/stock/bin
+#   make kube-tree        materialise _output/kubernetes (upstream + series)
+#   make update-patches   export the tree's commits to patches/$(LINE)
+#   make verify           series applies, exports identically, ledger, lint
+#
+# LINE selects the release line (v1.30, v1.29, v1.28; default v1.30).
+# RACE=1 runs the Go tests with the race detector.
+
+SHELL := /usr/bin/env bash
+LINE ?=
+RACE ?=
+export LINE RACE
+
+.PHONY: all build stock kube-tree update-patches verify test test-stock deps clean
+
+all: build
+
+deps:
+	hack/install-deps.sh
+
+build: deps
+	hack/build.sh patched
+
+stock: deps
+	hack/build.sh stock
+
+kube-tree:
+	hack/kube-tree.sh
+
+update-patches:
+	hack/update-patches.sh
+
+verify: deps
+	hack/verify.sh
+
+test: deps
+	hack/test.sh
+
+test-stock: deps
+	hack/test-stock.sh
+
+clean:
+	rm -rf _output

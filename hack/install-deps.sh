@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the tests need (run as root, or
+# with sudo available). Go comes from the machine; Go modules come from the
+# module proxy through the go command.
+set -euo pipefail
+
+readonly PACKAGES=(
+  git make rsync       # upstream's build scripts
+  shellcheck           # hack/verify-shellcheck.sh
+  quilt                # patch-series checks for packagers
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q "install ok installed" || missing+=("${p}")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+sudo=()
+((EUID == 0)) || sudo=(sudo)
+echo "+++ installing ${missing[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

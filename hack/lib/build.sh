@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Building the binaries with upstream's own build scripts.
+
+readonly RBDF_BINARIES=(kubelet kube-controller-manager)
+
+# rbdf::build::upstream_env prints the environment upstream's scripts need to
+# run in a tree assembled from module zips (see ../shared/ENVIRONMENT.md):
+# the module zip leaves vendor/modules.txt without vendored code, and the
+# host's Go is new enough, so no .go-version toolchain download.
+rbdf::build::upstream_env() {
+  echo "FORCE_HOST_GO=1"
+  echo "GOFLAGS=-mod=readonly"
+  echo "GOTOOLCHAIN=local"
+}
+
+# rbdf::build::binaries TREE VERSION BINDIR builds RBDF_BINARIES in TREE with
+# "make WHAT=…", stamps VERSION into them and copies them to BINDIR.
+rbdf::build::binaries() {
+  local tree="$1" version="$2" bindir="$3" version_file commit epoch what=() bin
+  local -a env
+  mapfile -t env < <(rbdf::build::upstream_env)
+  commit="$(rbdf::tree::git "${tree}" rev-parse HEAD)"
+  epoch="$(rbdf::tree::git "${tree}" log -1 --format=%ct HEAD)"
+  version_file="$(mktemp)"
+  # shellcheck disable=SC2064 # expand now: version_file is local
+  trap "rm -f '${version_file}'" RETURN
+  {
+    echo "KUBE_GIT_COMMIT='${commit}'"
+    echo "KUBE_GIT_TREE_STATE='clean'"
+    echo "KUBE_GIT_VERSION='${version}'"
+    echo "KUBE_GIT_MAJOR='1'"
+    echo "KUBE_GIT_MINOR='$(echo "${version}" | cut -d. -f2)'"
+  } > "${version_file}"
+  for bin in "${RBDF_BINARIES[@]}"; do what+=("cmd/${bin}"); done
+  rbdf::log::info "building ${RBDF_BINARIES[*]} ${version} in ${tree}"
+  # kubelet is dynamic upstream and kube-controller-manager static: build both
+  # static so they share compiled packages (half the cold build time).
+  env "${env[@]}" KUBE_STATIC_OVERRIDES="kubelet" KUBE_GIT_VERSION_FILE="${version_file}" \
+    SOURCE_DATE_EPOCH="${epoch}" KUBE_VERBOSE="${KUBE_VERBOSE:-1}" \
+    make -C "${tree}" WHAT="${what[*]}"
+  mkdir -p "${bindir}"
+  for bin in "${RBDF_BINARIES[@]}"; do
+    install -m 0755 "${tree}/_output/local/go/bin/${bin}" "${bindir}/${bin}"
+  done
+  rbdf::log::info "$("${bindir}/kubelet" --version) -> ${bindir}"
+}

@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# The materialised upstream tree: download, assemble, apply and export.
+
+# Stable identity and options so that commits and exports are reproducible
+# whatever the user's git configuration says.
+readonly RBDF_GIT_NAME="kube-rbd-failover"
+readonly RBDF_GIT_EMAIL="kube-rbd-failover@users.noreply.github.com"
+readonly RBDF_PRISTINE_DATE="2000-01-01T00:00:00Z"
+
+# rbdf::tree::git runs git in DIR with configuration independent of the user's.
+rbdf::tree::git() {
+  local dir="$1"
+  shift
+  GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null git -C "${dir}" \
+    -c user.name="${RBDF_GIT_NAME}" -c user.email="${RBDF_GIT_EMAIL}" \
+    -c core.abbrev=12 -c diff.noprefix=false -c diff.mnemonicPrefix=false \
+    -c diff.renames=true -c diff.algorithm=myers -c format.signature= \
+    -c am.threeWay=false -c core.autocrlf=false -c advice.detachedHead=false \
+    "$@"
+}
+
+# rbdf::tree::staging_modules KUBE_DIR lists the staging modules the release
+# replaces into its own tree, minus the sample-* examples that the module proxy
+# does not serve and that no binary we build imports.
+rbdf::tree::staging_modules() {
+  awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "$1/go.mod" |
+    grep -v '^k8s.io/sample-'
+}
+
+# rbdf::tree::module_dir MODULE@VERSION downloads a module through the go
+# command (checksums verified against go.sum or the checksum database) and
+# prints its directory in the module cache.
+rbdf::tree::module_dir() {
+  local mod="$1" json
+  if ! json="$(cd "${RBDF_ROOT}" && go mod download -json "${mod}")"; then
+    rbdf::log::error "go mod download ${mod} failed:"
+    printf '%s\n' "${json}" | sed -n 's/.*"Error": *//p' >&2
+    return 1
+  fi
+  printf '%s\n' "${json}" | sed -n 's/^[[:space:]]*"Dir": *"\(.*\)",*$/\1/p'
+}
+
+# rbdf::tree::assemble DEST builds the pristine tree of RBDF_KUBE_VERSION in
+# DEST: the k8s.io/kubernetes module with every staging module in place,
+# executable bits restored and the top-level Makefile symlink upstream has.
+rbdf::tree::assemble() {
+  local dest="$1" kdir mod sdir
+  kdir="$(rbdf::tree::module_dir "k8s.io/kubernetes@${RBDF_KUBE_VERSION}")" || return 1
+  [[ -n "${kdir}" ]] || { rbdf::log::error "no directory for k8s.io/kubernetes@${RBDF_KUBE_VERSION}"; return 1; }
+  rbdf::log::info "assembling ${RBDF_KUBE_VERSION} from ${kdir}"
+  cp -R "${kdir}/." "${dest}/"
+  while read -r mod; do
+    sdir="$(rbdf::tree::module_dir "${mod}@${RBDF_STAGING_VERSION}")" || return 1
+    mkdir -p "${dest}/staging/src/${mod}"
+    cp -R "${sdir}/." "${dest}/staging/src/${mod}/"
+  done < <(rbdf::tree::staging_modules "${dest}")
+  # The sample-* staging modules are not served by the module proxy, yet the
+  # root go.mod and go.work name them: give each a placeholder go.mod so the
+  # module graph resolves. Nothing we build imports them.
+  while read -r mod; do
+    mkdir -p "${dest}/staging/src/${mod}"
+    printf '// Placeholder written by kube-rbd-failover: %s is not served by the module proxy.\nmodule %s\n' \
+      "${mod}" "${mod}" > "${dest}/staging/src/${mod}/go.mod"
+  done < <(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "${dest}/go.mod" | grep '^k8s.io/sample-')
+  chmod -R u+w "${dest}"
+  # Module zips drop the executable bit: give it back to every script.
+  # shellcheck disable=SC2016 # an awk program, not shell
+  (cd "${dest}" && find . -path ./.git -prune -o -type f -size -1024k -print0 |
+    xargs -0 awk 'FNR == 1 { if ($0 ~ /^#!/) print FILENAME; nextfile }' |
+    tr '\n' '\0' | xargs -0 -r chmod +x)
+  # Module zips drop symlinks too; upstream's top-level Makefile is one.
+  ln -s build/root/Makefile "${dest}/Makefile"
+}
+
+# rbdf::tree::series_files prints the patch files of the series in order.
+rbdf::tree::series_files() {
+  local patch
+  [[ -f "${RBDF_PATCHES}/series" ]] || return 0
+  while read -r patch; do
+    [[ -z "${patch}" || "${patch}" == \#* ]] && continue
+    printf '%s\n' "${RBDF_PATCHES}/${patch}"
+  done < "${RBDF_PATCHES}/series"
+}
+
+# rbdf::tree::export TREE DIR writes the commits above the upstream tag of TREE
+# to DIR as format-patch files, with options that make the output stable.
+rbdf::tree::export() {
+  local tree="$1" dir="$2" tag
+  tag="$(rbdf::tree::git "${tree}" describe --tags --abbrev=0 HEAD)"
+  rbdf::tree::git "${tree}" format-patch --quiet --zero-commit --no-signature \
+    --abbrev=12 --no-numbered --stat=80 -o "${dir}" "${tag}..HEAD" >/dev/null
+}
+
+# rbdf::tree::apply TREE FROM applies the series to TREE starting at patch
+# number FROM (1-based). On failure it names the patch and the file and
+# leaves git am's state for the user.
+rbdf::tree::apply() {
+  local tree="$1" from="${2:-1}" n=0 patch file
+  while read -r patch; do
+    n=$((n + 1))
+    ((n < from)) && continue
+    if ! rbdf::tree::git "${tree}" am --committer-date-is-author-date --quiet "${patch}" >&2; then
+      file="$(sed -n 's/^error: patch failed: \(.*\):[0-9]*$/\1/p;s/^error: \(.*\): does not exist in index$/\1/p' \
+        "${tree}/.git/rebase-apply/patch-error" 2>/dev/null | head -n1 || true)"
+      rbdf::log::error "patch $(basename "${patch}") does not apply to ${RBDF_KUBE_VERSION}${file:+ (${file})}"
+      rbdf::log::error "the tree is left as git am left it in ${tree}: resolve, then"
+      rbdf::log::error "  git -C ${tree} am --continue   (or: am --abort to give up)"
+      rbdf::log::error "and export with: make update-patches LINE=${RBDF_LINE}"
+      return 1
+    fi
+  done < <(rbdf::tree::series_files)
+}
+
+# rbdf::tree::state TREE prints how the existing TREE relates to the series:
+# absent, current (same version and series), behind (a prefix of the series
+# at the same version), replaceable (clean, holds nothing outside the series)
+# or dirty (holds work that is not in the series). "behind N" gives the count.
+rbdf::tree::state() {
+  local tree="$1" tmp ours theirs i
+  if [[ ! -e "${tree}" ]]; then echo absent; return; fi
+  if [[ ! -d "${tree}/.git" ]]; then echo dirty; return; fi
+  if [[ -d "${tree}/.git/rebase-apply" ]] ||
+    [[ -n "$(rbdf::tree::git "${tree}" status --porcelain --untracked-files=normal)" ]]; then
+    echo dirty
+    return
+  fi
+  tmp="$(mktemp -d)"
+  rbdf::tree::export "${tree}" "${tmp}"
+  mapfile -t ours < <(find "${tmp}" -name '*.patch' | sort)
+  mapfile -t theirs < <(rbdf::tree::series_files)
+  for i in "${!ours[@]}"; do
+    if [[ -z "${theirs[${i}]:-}" ]] || ! cmp -s "${ours[${i}]}" "${theirs[${i}]}"; then
+      rm -rf "${tmp}"
+      echo dirty
+      return
+    fi
+  done
+  rm -rf "${tmp}"
+  if ! rbdf::tree::git "${tree}" rev-parse -q --verify "refs/tags/${RBDF_KUBE_VERSION}" >/dev/null; then
+    echo replaceable
+  elif ((${#ours[@]} == ${#theirs[@]})); then
+    echo current
+  else
+    echo "behind $((${#ours[@]} + 1))"
+  fi
+}
+
+# rbdf::tree::materialise builds RBDF_TREE for the current line, refusing to
+# touch a tree that holds work not in the series.
+rbdf::tree::materialise() {
+  local state tmp
+  state="$(rbdf::tree::state "${RBDF_TREE}")"
+  case "${state}" in
+    current)
+      rbdf::log::info "${RBDF_TREE} is ${RBDF_KUBE_VERSION} with the ${RBDF_LINE} series applied"
+      return 0
+      ;;
+    behind*)
+      rbdf::log::info "applying the rest of the ${RBDF_LINE} series to ${RBDF_TREE}"
+      rbdf::tree::apply "${RBDF_TREE}" "${state#behind }"
+      return
+      ;;
+    dirty)
+      rbdf::log::error "${RBDF_TREE} holds work that is not in patches/${RBDF_LINE}"
+      rbdf::log::error "(uncommitted changes, a git am in progress, or commits not in the series)."
+      rbdf::log::error "keep it:    commit, then make update-patches LINE=${RBDF_LINE}"
+      rbdf::log::error "discard it: rm -rf ${RBDF_TREE}"
+      return 1
+      ;;
+  esac
+  mkdir -p "${RBDF_LINE_OUTPUT}"
+  tmp="$(mktemp -d "${RBDF_LINE_OUTPUT}/.kube-tree.XXXXXX")"
+  # shellcheck disable=SC2064 # expand now: tmp is local
+  trap "rm -rf '${tmp}'" RETURN
+  mkdir "${tmp}/kubernetes"
+  rbdf::tree::assemble "${tmp}/kubernetes" || return 1
+  rbdf::log::info "recording the pristine tree as ${RBDF_KUBE_VERSION}"
+  rbdf::tree::git "${tmp}/kubernetes" init --quiet --initial-branch=main
+  rbdf::tree::git "${tmp}/kubernetes" add --force --all .
+  GIT_AUTHOR_DATE="${RBDF_PRISTINE_DATE}" GIT_COMMITTER_DATE="${RBDF_PRISTINE_DATE}" \
+    rbdf::tree::git "${tmp}/kubernetes" commit --quiet --no-verify \
+    -m "Kubernetes ${RBDF_KUBE_VERSION} (Go module source with staging ${RBDF_STAGING_VERSION})"
+  rbdf::tree::git "${tmp}/kubernetes" tag "${RBDF_KUBE_VERSION}"
+  rbdf::tree::apply "${tmp}/kubernetes" 1 || {
+    # Keep the failed am for the user to resolve: it becomes the tree.
+    rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"
+    mv "${tmp}/kubernetes" "${RBDF_TREE}"
+    return 1
+  }
+  rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"
+  mv "${tmp}/kubernetes" "${RBDF_TREE}"
+  rbdf::log::info "${RBDF_TREE}: ${RBDF_KUBE_VERSION} + $(rbdf::tree::series_files | wc -l) patch(es)"
+}
+
+# rbdf::tree::stock makes RBDF_STOCK_TREE a worktree of RBDF_TREE at the
+# pristine upstream tag.
+rbdf::tree::stock() {
+  rbdf::tree::git "${RBDF_TREE}" worktree prune
+  if [[ -e "${RBDF_STOCK_TREE}/.git" ]] &&
+    [[ "$(rbdf::tree::git "${RBDF_STOCK_TREE}" rev-parse HEAD 2>/dev/null)" == \
+       "$(rbdf::tree::git "${RBDF_TREE}" rev-parse "${RBDF_KUBE_VERSION}^{commit}")" ]]; then
+    return 0
+  fi
+  rm -rf "${RBDF_STOCK_TREE}"
+  mkdir -p "$(dirname "${RBDF_STOCK_TREE}")"
+  rbdf::tree::git "${RBDF_TREE}" worktree add --quiet --detach "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}"
+}
+
+# rbdf::tree::patch_subject PATCH prints the commit subject of a format-patch
+# file, unfolded and without the "[PATCH]" prefix.
+rbdf::tree::patch_subject() {
+  awk '
+    /^Subject: / { s = substr($0, 10); insub = 1; next }
+    insub && /^[ \t]/ { sub(/^[ \t]+/, " "); s = s $0; next }
+    insub { exit }
+    END { sub(/^\[PATCH[^]]*\] /, "", s); print s }
+  ' "$1"
+}
+
+# rbdf::tree::patch_message PATCH prints the commit message body of a
+# format-patch file (between the headers and the "---" before the diffstat).
+rbdf::tree::patch_message() {
+  awk 'body && /^---$/ { exit } body { print } /^$/ && !body { body = 1 }' "$1"
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Tests of the patch-queue tooling itself. Each case runs the real scripts on
+# a scratch copy of the repository (hack/, patches/, PATCHES.md, go.mod) with
+# a clone of the primary line's materialised tree, breaks one thing and
+# checks that the right script fails and says why. Prints PASS:/FAIL: lines.
+set -euo pipefail
+
+# shellcheck source=hack/lib/init.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
+
+rbdf::lines::setup "${RBDF_PRIMARY_LINE}"
+[[ -d "${RBDF_TREE}/.git" ]] || rbdf::tree::materialise >/dev/null
+first_patch="$(rbdf::tree::series_files | head -n1)"
+[[ -n "${first_patch}" ]] || rbdf::log::fatal "the ${RBDF_LINE} series is empty: nothing to test"
+first_patch="$(basename "${first_patch}")"
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "${scratch}"' EXIT
+failures=0
+
+# fresh_copy makes ${scratch}/repo a copy of the project with its own clone of
+# the materialised tree, so a case can break anything.
+fresh_copy() {
+  rm -rf "${scratch}/repo"
+  mkdir -p "${scratch}/repo/_output"
+  cp -R "${RBDF_ROOT}/hack" "${RBDF_ROOT}/patches" "${RBDF_ROOT}/PATCHES.md" \
+    "${RBDF_ROOT}/go.mod" "${RBDF_ROOT}/go.sum" "${scratch}/repo/"
+  git clone --quiet --shared "${RBDF_TREE}" "${scratch}/repo/_output/kubernetes"
+}
+
+# expect NAME WANT_RC PATTERN CMD... runs CMD in the copy and checks that it
+# exits with WANT_RC ("fail" = any non-zero) and prints PATTERN.
+expect() {
+  local name="$1" want="$2" pattern="$3" out rc=0
+  shift 3
+  out="$(cd "${scratch}/repo" && "$@" 2>&1)" || rc=$?
+  if { [[ "${want}" == fail && ${rc} -ne 0 ]] || [[ "${want}" == "${rc}" ]]; } &&
+    grep -q -- "${pattern}" <<<"${out}"; then
+    echo "PASS: ${name}"
+  else
+    echo "FAIL: ${name} (exit ${rc}, want ${want}; output lacks '${pattern}')"
+    tail -n 20 <<<"${out}" | while IFS= read -r l; do echo "    | ${l}"; done
+    failures=$((failures + 1))
+  fi
+}
+
+fresh_copy
+expect "verify passes on the committed series" 0 "3 of 3 checks passed" \
+  hack/verify.sh patches commits ledger
+
+fresh_copy
+# Change one context line of the first hunk: the patch no longer applies.
+awk 'done || !/^ / || !hunk { if (/^@@ /) hunk = 1; print; next }
+     { print " // no longer upstream"; done = 1 }' \
+  "${RBDF_ROOT}/patches/${RBDF_LINE}/${first_patch}" > "${scratch}/p"
+cp "${scratch}/p" "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-patches fails on a patch that no longer applies, naming it" fail \
+  "patch ${first_patch} does not apply" hack/verify-patches.sh
+
+fresh_copy
+# Edit an added line of code: it still applies, but is not what git exports.
+sed -i '0,/^+[^+].*[a-z]/s//&_edited/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-patches fails on a hand-edited patch" fail \
+  "differs from a fresh export" hack/verify-patches.sh
+
+fresh_copy
+subject="$(rbdf::tree::patch_subject "${RBDF_ROOT}/patches/${RBDF_LINE}/${first_patch}")"
+awk -v h="## ${subject}" '$0 == h { skip = 1; next } skip && /^## / { skip = 0 } !skip' \
+  "${RBDF_ROOT}/PATCHES.md" > "${scratch}/repo/PATCHES.md"
+expect "verify-ledger fails on a missing PATCHES.md entry" fail \
+  "PATCHES.md has no entry" hack/verify-ledger.sh
+
+fresh_copy
+sed -i 's/^Signed-off-by: .*$//' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-commits fails on a patch without Signed-off-by" fail \
+  "no Signed-off-by" hack/verify-commits.sh
+
+fresh_copy
+expect "kube-tree rejects an unknown LINE and lists the supported ones" fail \
+  "unknown LINE 'v1.99'; supported lines: v1.30 v1.29 v1.28" hack/kube-tree.sh v1.99
+if [[ -e "${scratch}/repo/_output/v1.99" ]]; then
+  echo "FAIL: kube-tree wrote _output/v1.99 for an unknown LINE"
+  failures=$((failures + 1))
+fi
+
+fresh_copy
+echo "// local work" >> "${scratch}/repo/_output/kubernetes/pkg/volume/rbd/rbd.go"
+expect "kube-tree refuses a tree with uncommitted changes" fail \
+  "make update-patches" hack/kube-tree.sh
+if grep -q '^// local work$' "${scratch}/repo/_output/kubernetes/pkg/volume/rbd/rbd.go"; then
+  echo "PASS: the uncommitted change survives"
+else
+  echo "FAIL: kube-tree destroyed an uncommitted change"
+  failures=$((failures + 1))
+fi
+
+fresh_copy
+echo "// local work" >> "${scratch}/repo/_output/kubernetes/pkg/volume/rbd/rbd.go"
+rbdf::tree::git "${scratch}/repo/_output/kubernetes" commit --quiet -am "UPSTREAM: <carry>: rbd: local work"
+expect "kube-tree refuses a tree with commits not in the series" fail \
+  "commits not in the series" hack/kube-tree.sh
+expect "update-patches exports the new commit" 0 "exported 2 patch(es)" hack/update-patches.sh
+expect "kube-tree accepts the tree once exported" 0 "series applied" hack/kube-tree.sh
+
+((failures == 0))
