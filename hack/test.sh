@@ -49,10 +49,25 @@ specs() {
 }
 
 echo "=== upstream unit tests on ${RBDF_KUBE_VERSION} + patches/${RBDF_LINE}: $(upstream_packages | xargs)"
-rbdf::test::gojson "upstream unit tests (${RBDF_LINE}, packages)" "${logs}/upstream.failed" upstream_tests
+rbdf::test::gojson "upstream unit tests (${RBDF_LINE})" "${logs}/upstream.failed" upstream_tests
 
 echo "=== behaviour specs (pkg/...) against the patched tree"
 rbdf::test::gojson "behaviour specs (${RBDF_LINE}, patched)" "${logs}/specs.failed" specs
+
+echo "=== fuzz: the rbd status parsers (${FUZZTIME:-15s})"
+fuzz() {
+  local -a env
+  mapfile -t env < <(rbdf::build::upstream_env)
+  (cd "${RBDF_TREE}" && env "${env[@]}" go test -run '^$' -fuzz '^FuzzParseRbdStatus$' \
+    -fuzztime "${FUZZTIME:-15s}" ./pkg/volume/rbd/)
+}
+if rbdf::tree::git "${RBDF_TREE}" grep -q '^func FuzzParseRbdStatus' -- pkg/volume/rbd; then
+  if fuzz; then
+    rbdf::test::record "fuzz FuzzParseRbdStatus" 1 0
+  else
+    rbdf::test::record "fuzz FuzzParseRbdStatus" 0 1
+  fi
+fi
 
 echo "=== verify"
 for check in patches commits ledger gofmt govet shellcheck; do

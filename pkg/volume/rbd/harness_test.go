@@ -22,6 +22,7 @@ package rbd_test
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -72,8 +73,9 @@ func (i invocation) has(arg string) bool {
 
 // reply is what a scripted command prints and its exit code.
 type reply struct {
-	out string
-	rc  int
+	out    string
+	stderr string
+	rc     int
 	// delay makes the command take that long (for timeouts).
 	delay time.Duration
 }
@@ -101,7 +103,7 @@ func newRBDTools() *rbdTools {
 		watchers: func(int) int { return 0 },
 		// A failing map ends AttachDisk at once: there is no kernel device to
 		// wait for in a unit test, and the specs are about what runs before.
-		mapReply: reply{out: "rbd: sysfs write failed\nrbd: map failed: (1) Operation not permitted", rc: 1},
+		mapReply: reply{stderr: "rbd: sysfs write failed\nrbd: map failed: (1) Operation not permitted", rc: 1},
 	}
 }
 
@@ -132,7 +134,7 @@ func (r *rbdTools) respond(inv invocation) reply {
 		if r.nbd && inv.has("nbd") {
 			return reply{}
 		}
-		return reply{out: "modprobe: FATAL: Module " + strings.Join(inv.args, " ") + " not found", rc: 1}
+		return reply{stderr: "modprobe: FATAL: Module " + strings.Join(inv.args, " ") + " not found", rc: 1}
 	case inv.cmd == "rbd-nbd" && inv.has("--version"):
 		if r.nbd {
 			return reply{out: "ceph version 16.2.15"}
@@ -178,21 +180,57 @@ func (r *rbdTools) record(cmd string, args []string) invocation {
 
 func (r *rbdTools) command(cmd string, args ...string) exec.Cmd {
 	inv := r.record(cmd, args)
-	rep := r.respond(inv)
-	action := func() ([]byte, []byte, error) {
-		time.Sleep(rep.delay)
-		if rep.rc != 0 {
-			return []byte(rep.out), nil, &testingexec.FakeExitError{Status: rep.rc}
-		}
-		return []byte(rep.out), nil, nil
-	}
-	fc := &testingexec.FakeCmd{
-		CombinedOutputScript: []testingexec.FakeAction{action},
-		OutputScript:         []testingexec.FakeAction{action},
-		RunScript:            []testingexec.FakeAction{action},
-	}
-	return testingexec.InitFakeCmd(fc, cmd, args...)
+	return &scriptedCmd{reply: r.respond(inv)}
 }
+
+// scriptedCmd answers like a process that prints reply.out on stdout and
+// reply.stderr on stderr, and exits with reply.rc.
+type scriptedCmd struct {
+	reply          reply
+	stdout, stderr io.Writer
+}
+
+var _ exec.Cmd = &scriptedCmd{}
+
+func (c *scriptedCmd) exit() error {
+	time.Sleep(c.reply.delay)
+	if c.reply.rc != 0 {
+		return &testingexec.FakeExitError{Status: c.reply.rc}
+	}
+	return nil
+}
+
+func (c *scriptedCmd) Run() error {
+	if c.stdout != nil {
+		_, _ = io.WriteString(c.stdout, c.reply.out)
+	}
+	if c.stderr != nil {
+		_, _ = io.WriteString(c.stderr, c.reply.stderr)
+	}
+	return c.exit()
+}
+
+func (c *scriptedCmd) CombinedOutput() ([]byte, error) {
+	return []byte(c.reply.out + c.reply.stderr), c.exit()
+}
+
+func (c *scriptedCmd) Output() ([]byte, error) {
+	if c.stderr != nil {
+		_, _ = io.WriteString(c.stderr, c.reply.stderr)
+	}
+	return []byte(c.reply.out), c.exit()
+}
+
+func (c *scriptedCmd) SetDir(string)                      {}
+func (c *scriptedCmd) SetStdin(io.Reader)                 {}
+func (c *scriptedCmd) SetStdout(w io.Writer)              { c.stdout = w }
+func (c *scriptedCmd) SetStderr(w io.Writer)              { c.stderr = w }
+func (c *scriptedCmd) SetEnv([]string)                    {}
+func (c *scriptedCmd) StdoutPipe() (io.ReadCloser, error) { return nil, fmt.Errorf("not scripted") }
+func (c *scriptedCmd) StderrPipe() (io.ReadCloser, error) { return nil, fmt.Errorf("not scripted") }
+func (c *scriptedCmd) Start() error                       { return fmt.Errorf("not scripted") }
+func (c *scriptedCmd) Wait() error                        { return fmt.Errorf("not scripted") }
+func (c *scriptedCmd) Stop()                              {}
 
 // exec returns an exec.Interface that answers every command from the script.
 func (r *rbdTools) exec() exec.Interface {
