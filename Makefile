@@ -4,6 +4,8 @@
 #   make                  build _output/bin/{kubelet,kube-controller-manager}
 #   make test             every test: upstream unit tests, specs, verify, tooling
 #   make test-stock       the A/B record: specs against stock Kubernetes
+#   make e2e              end-to-end suites against a real Ceph cluster
+#                         (WATCH_TIMEOUT=30 for Ceph's default watch timeout)
 #   make stock            stock binaries into _output/stock/bin
 #   make kube-tree        materialise _output/kubernetes (upstream + series)
 #   make update-patches   export the tree's commits to patches/$(LINE)
@@ -15,9 +17,10 @@
 SHELL := /usr/bin/env bash
 LINE ?=
 RACE ?=
-export LINE RACE
+WATCH_TIMEOUT ?=
+export LINE RACE WATCH_TIMEOUT
 
-.PHONY: all build stock kube-tree update-patches verify test test-stock deps clean
+.PHONY: all build stock kube-tree update-patches verify test test-stock e2e deps clean
 
 all: build
 
@@ -44,6 +47,9 @@ test: deps
 
 test-stock: deps
 	hack/test-stock.sh
+
+e2e: deps
+	hack/test-e2e.sh
 
 clean:
 	rm -rf _output

@@ -8,6 +8,9 @@ readonly PACKAGES=(
   git make rsync       # upstream's build scripts
   shellcheck           # hack/verify-shellcheck.sh
   quilt                # patch-series checks for packagers
+  # test/e2e: a throwaway Ceph cluster and a librbd client standing in for a
+  # node's mapping (python3-rbd comes with ceph-common)
+  ceph-mon ceph-osd ceph-common python3-rbd
 )
 
 missing=()

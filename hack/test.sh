@@ -5,6 +5,7 @@
 #     upstream's hack/make-rules/test.sh on the patched tree;
 #   - our behaviour specs (pkg/...) compiled against the patched tree;
 #   - hack/verify.sh, each check counted once;
+#   - the end-to-end suites against a real Ceph cluster (hack/test-e2e.sh);
 #   - the tests of this tooling (hack/test-tooling.sh).
 # RACE=1 turns on the race detector for the Go tests.
 set -euo pipefail
@@ -68,6 +69,18 @@ if rbdf::tree::git "${RBDF_TREE}" grep -q '^func FuzzParseRbdStatus' -- pkg/volu
     rbdf::test::record "fuzz FuzzParseRbdStatus" 0 1
   fi
 fi
+
+echo "=== end-to-end (hack/test-e2e.sh)"
+e2e_out="$(mktemp)"
+"${RBDF_ROOT}/hack/test-e2e.sh" > >(tee "${e2e_out}") || true
+wait
+if counts="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "${e2e_out}" | tail -n1)"; then
+  read -r e2e_passed _ e2e_failed _ <<<"${counts//,/}"
+  rbdf::test::record "e2e (${RBDF_LINE}, real Ceph)" "${e2e_passed}" "${e2e_failed}"
+else
+  rbdf::test::record "e2e (${RBDF_LINE}, real Ceph)" 0 1
+fi
+rm -f "${e2e_out}"
 
 echo "=== verify"
 for check in patches commits ledger gofmt govet shellcheck; do

@@ -1,0 +1,295 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Package node holds the node-side end-to-end tests: the patched RBD
+// plugin's attach path (WaitForAttach, so the watcher gate) with the real
+// exec and the real rbd tool against a real single-node Ceph cluster. There
+// is no kernel rbd module here, so every run ends at "rbd map"; the
+// assertions are about what happens before it.
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdplugin"
+)
+
+var (
+	cluster *ceph.Cluster
+	// watchTimeout is the OSD's osd_client_watch_timeout for this run.
+	watchTimeout = 10 * time.Second
+	reportPath   string
+)
+
+// upstreamBackoff is when the gate checks, from its first check: wait.Backoff
+// 1 s x1.4, 10 steps.
+var upstreamBackoff = []float64{0, 1, 2.4, 4.36, 7.1, 10.95, 16.32, 23.85, 34.39, 49.14}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir := os.Getenv("E2E_DIR")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), "kube-rbd-failover-e2e")
+	}
+	if s := os.Getenv("WATCH_TIMEOUT"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "WATCH_TIMEOUT=%q: want a number of seconds\n", s)
+			return 2
+		}
+		watchTimeout = time.Duration(n) * time.Second
+	}
+	reportPath = filepath.Join(dir, "node-report.md")
+	// The kubelet's rbd reads /etc/ceph/ceph.conf; here there is none, and
+	// an empty file keeps rbd from warning about it.
+	emptyConf := filepath.Join(os.TempDir(), "kube-rbd-failover-empty-ceph.conf")
+	if err := os.WriteFile(emptyConf, nil, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	os.Setenv("CEPH_CONF", emptyConf)
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var err error
+	cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(dir, "ceph"), WatchTimeout: watchTimeout})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n(logs in %s)\n", err, filepath.Join(dir, "ceph", "log"))
+		return 1
+	}
+	report("# Node-side e2e (real Ceph %s)\n\n", cephVersion())
+	report("- cluster started in %v; osd_client_watch_timeout %v\n", time.Since(start).Round(time.Millisecond), watchTimeout)
+	code := m.Run()
+	cluster.Stop()
+	if code == 0 {
+		_ = os.RemoveAll(filepath.Join(dir, "ceph"))
+	} else {
+		fmt.Fprintf(os.Stderr, "Ceph logs kept in %s\n", filepath.Join(dir, "ceph", "log"))
+	}
+	return code
+}
+
+func cephVersion() string {
+	out, err := os.ReadFile("/usr/share/doc/ceph-common/changelog.Debian.gz")
+	if err != nil || len(out) == 0 {
+		return "16.2"
+	}
+	return "16.2 (Debian)"
+}
+
+// report appends a line to the node-side report and prints it.
+func report(format string, args ...interface{}) {
+	line := fmt.Sprintf(format, args...)
+	fmt.Print("E2E-REPORT: " + line)
+	f, err := os.OpenFile(reportPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.WriteString(line)
+}
+
+func newImage(t *testing.T, name string) rbdplugin.Volume {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := cluster.CreateImage(ctx, name, 16); err != nil {
+		t.Fatalf("create image: %v", err)
+	}
+	return rbdplugin.Volume{Monitor: cluster.Monitor, Pool: "rbd", Image: name, User: "kube",
+		AccessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce}}
+}
+
+// attach runs WaitForAttach and returns its error, how long it took and the
+// commands it ran.
+func attach(t *testing.T, vol rbdplugin.Volume) (error, time.Duration, *rbdplugin.RecordingExec) {
+	t.Helper()
+	e := rbdplugin.NewRecordingExec()
+	a := rbdplugin.NewAttacher(t, e, cluster.UserKey)
+	start := time.Now()
+	_, err := a.WaitForAttach(vol.Spec(), "", rbdplugin.Pod(), 5*time.Minute)
+	return err, time.Since(start), e
+}
+
+// reachedMap reports whether the attach got past the gate: with no kernel
+// module, rbd map is the step that fails.
+func reachedMap(err error, e *rbdplugin.RecordingExec) bool {
+	return err != nil && strings.Contains(err.Error(), "map failed") && len(e.Calls("rbd", "map")) > 0
+}
+
+func TestIdleImagePassesAtFirstCheck(t *testing.T) {
+	vol := newImage(t, "idle")
+	err, took, e := attach(t, vol)
+	if !reachedMap(err, e) {
+		t.Fatalf("WaitForAttach = %v, want the gate to pass and rbd map to run", err)
+	}
+	if n := len(e.Calls("rbd", "status")); n != 1 {
+		t.Errorf("rbd status ran %d times, want 1", n)
+	}
+	gate := e.Calls("rbd", "map")[0].Start.Sub(e.Calls("rbd", "status")[0].Start)
+	report("- idle image: gate passed at the first check; rbd status to rbd map %v (WaitForAttach %v in all)\n",
+		gate.Round(time.Millisecond), took.Round(time.Millisecond))
+}
+
+func TestReadOnlyManyMapsReadOnlyWithoutGate(t *testing.T) {
+	vol := newImage(t, "rox")
+	holder, err := cluster.Hold("rox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	vol.AccessModes = []v1.PersistentVolumeAccessMode{v1.ReadOnlyMany}
+	vol.ReadOnly = true
+	err, _, e := attach(t, vol)
+	if !reachedMap(err, e) {
+		t.Fatalf("WaitForAttach = %v, want rbd map to run despite the watcher", err)
+	}
+	if n := len(e.Calls("rbd", "status")); n != 0 {
+		t.Errorf("rbd status ran %d times for a read-only ROX volume, want 0", n)
+	}
+	for _, c := range e.Calls("rbd", "map") {
+		if !contains(c.Args, "--read-only") {
+			t.Errorf("mapped without --read-only: %q", c.Args)
+		}
+	}
+	report("- ROX volume used read-only, image watched by %s: no gate, `rbd map --read-only`\n", holder.Address)
+}
+
+func TestLiveWatcherBlocksAndIsNamed(t *testing.T) {
+	t.Parallel()
+	vol := newImage(t, "live")
+	holder, err := cluster.Hold("live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	err, took, e := attach(t, vol)
+	if err == nil || !strings.Contains(err.Error(), "is still being used by 1 watcher(s)") ||
+		!strings.Contains(err.Error(), holder.Address) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("client.%d", holder.Client)) {
+		t.Fatalf("WaitForAttach = %v, want the live watcher %s (client.%d) named", err, holder.Address, holder.Client)
+	}
+	if n := len(e.Calls("rbd", "map")); n != 0 {
+		t.Errorf("rbd map ran %d times while a live watcher held the image", n)
+	}
+	report("- live watcher: gate refused after %v and %d checks: %q\n", took.Round(time.Second), len(e.Calls("rbd", "status")), err.Error())
+}
+
+func TestKilledWatcherExpiresThenGatePasses(t *testing.T) {
+	t.Parallel()
+	vol := newImage(t, "killed")
+	holder, err := cluster.Hold("killed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sampler := rbdplugin.StartCmdlineSampler()
+
+	// Power off: the holder dies without closing the image.
+	holder.Kill()
+	killed := time.Now()
+	expired := make(chan time.Time, 1)
+	go func() {
+		for time.Since(killed) < 3*time.Minute {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			w, err := cluster.Watchers(ctx, "killed")
+			cancel()
+			if err == nil && len(w) == 0 {
+				expired <- time.Now()
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		close(expired)
+	}()
+	err, _, e := attach(t, vol)
+	passed := time.Now()
+	seen := sampler.Stop()
+
+	if !reachedMap(err, e) {
+		t.Fatalf("WaitForAttach = %v, want the gate to pass once the watch expired", err)
+	}
+	expiry, ok := <-expired
+	if !ok {
+		t.Fatalf("the killed holder's watch never expired")
+	}
+	// The harness polls every 100 ms, so it may see the expiry up to one
+	// poll (plus an rbd call) after it happened.
+	if passed.Before(expiry.Add(-500 * time.Millisecond)) {
+		t.Errorf("the gate passed %v before the watch expired", expiry.Sub(passed))
+	}
+	checks := e.Calls("rbd", "status")
+	if len(checks) < 2 {
+		t.Errorf("the gate checked %d times, want it to wait for the watch", len(checks))
+	}
+	report("- killed watcher (%s): watch expired %v after the kill; the gate passed %v after expiry, at check %d of upstream's schedule %v s\n",
+		holder.Address, expiry.Sub(killed).Round(100*time.Millisecond), passed.Sub(expiry).Round(100*time.Millisecond),
+		len(checks), upstreamBackoff)
+
+	// Invariant 5 while the plugin ran rbd: what any local user could read.
+	if len(seen) == 0 {
+		t.Errorf("sampled no rbd command line; the key check proves nothing")
+	}
+	for _, cmdline := range seen {
+		if strings.Contains(cmdline, cluster.UserKey) {
+			t.Errorf("the cephx key is in /proc/<pid>/cmdline: %s", cmdline)
+		}
+	}
+	report("- /proc/<pid>/cmdline of %d sampled rbd processes: the key in none\n", len(seen))
+}
+
+func TestMonitorDownIsABoundedError(t *testing.T) {
+	vol := newImage(t, "mondown")
+	cluster.StopMonitor()
+	defer func() {
+		if err := cluster.StartMonitor(); err != nil {
+			t.Fatalf("restart the monitor: %v", err)
+		}
+	}()
+	err, took, e := attach(t, vol)
+	if err == nil || !strings.Contains(err.Error(), "timed out") {
+		t.Fatalf("WaitForAttach = %v, want a timeout error", err)
+	}
+	if n := len(e.Calls("rbd", "map")); n != 0 {
+		t.Errorf("rbd map ran %d times with the monitor down", n)
+	}
+	if took > 3*time.Minute {
+		t.Errorf("WaitForAttach took %v, longer than the process deadline allows", took)
+	}
+	report("- monitor down: bounded error after %v, nothing mapped: %q\n", took.Round(time.Second), err.Error())
+}
+
+func contains(args []string, want string) bool {
+	for _, a := range args {
+		if a == want {
+			return true
+		}
+	}
+	return false
+}
