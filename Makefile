@@ -4,6 +4,7 @@
 #   make                  build _output/bin/{kubelet,kube-controller-manager}
 #   make test             every test: upstream unit tests, specs, verify, tooling
 #   make test-stock       the A/B record: specs against stock Kubernetes
+#   make bench            reconcile-pass benchmark, stock vs patched (benchstat)
 #   make e2e              end-to-end suites against a real Ceph cluster
 #                         (WATCH_TIMEOUT=30 for Ceph's default watch timeout)
 #   make stock            stock binaries into _output/stock/bin
@@ -20,7 +21,7 @@ RACE ?=
 WATCH_TIMEOUT ?=
 export LINE RACE WATCH_TIMEOUT
 
-.PHONY: all build stock kube-tree update-patches verify test test-stock e2e deps clean
+.PHONY: all build stock kube-tree update-patches verify test test-stock e2e deps clean bench
 
 all: build
 
@@ -53,3 +54,6 @@ e2e: deps
 
 clean:
 	rm -rf _output
+
+bench:
+	hack/bench.sh
