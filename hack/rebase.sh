@@ -5,7 +5,8 @@
 #        hack/rebase.sh --finish LINE NEW_VERSION
 #
 # Materialises NEW_VERSION as LINE's tree (_output/... /kubernetes), applies
-# the series of LINE (or of SOURCE_LINE, to seed a new line) with git am -3,
+# the series of LINE (or of SOURCE_LINE, to seed a new line) with git am -3
+# (falling back to one line of context, reported as a warning to review),
 # and on success exports the result to patches/LINE and pins LINE to
 # NEW_VERSION in hack/lib/lines.sh. On a conflict it stops with the tree as
 # git am left it and says how to go on; --finish exports and pins after the
@@ -60,7 +61,7 @@ if [[ "${state}" == dirty ]]; then
 fi
 rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"
 # Materialise the new release with the source series applied three-way.
-RBDF_PATCHES="${source_patches}" RBDF_AM_FLAGS="-3" rbdf::tree::materialise || {
+RBDF_PATCHES="${source_patches}" RBDF_AM_FLAGS="-3" RBDF_AM_REDUCED_CONTEXT=1 rbdf::tree::materialise || {
   rbdf::log::error "rebasing ${line} onto ${version} stopped at a conflict; once resolved and"
   rbdf::log::error "'git -C ${RBDF_TREE} am --continue' has finished, run:"
   rbdf::log::error "  hack/rebase.sh --finish ${line} ${version}"

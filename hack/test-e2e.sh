@@ -24,8 +24,8 @@ mkdir -p "${E2E_DIR}"
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e() {
   local modfile
-  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" patched)"
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -count=1 -timeout 20m \
+  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -count=1 -timeout 20m -tags "${RBDF_GOTAGS}" \
     -modfile="${modfile}" ./test/e2e/... 2>&1
 }
 

@@ -22,8 +22,8 @@ mkdir -p "${logs}"
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 stock_specs() {
   local modfile
-  modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" stock)"
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -modfile="${modfile}" ./pkg/... 2>&1
+  modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -tags "${RBDF_GOTAGS}" -modfile="${modfile}" ./pkg/... 2>&1
 }
 
 echo "=== behaviour specs (pkg/...) against stock ${RBDF_KUBE_VERSION}"

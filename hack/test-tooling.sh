@@ -18,14 +18,26 @@ scratch="$(mktemp -d)"
 trap 'rm -rf "${scratch}"' EXIT
 failures=0
 
-# fresh_copy makes ${scratch}/repo a copy of the project with its own clone of
-# the materialised tree, so a case can break anything.
+# fresh_copy [clone] makes ${scratch}/repo a copy of the project. Its trees
+# are links to the real ones (the verify scripts only read them), or with
+# "clone" the primary line's tree is a clone that a case may change.
 fresh_copy() {
   rm -rf "${scratch}/repo"
   mkdir -p "${scratch}/repo/_output"
   cp -R "${RBDF_ROOT}/hack" "${RBDF_ROOT}/patches" "${RBDF_ROOT}/PATCHES.md" \
     "${RBDF_ROOT}/go.mod" "${RBDF_ROOT}/go.sum" "${scratch}/repo/"
-  git clone --quiet --shared "${RBDF_TREE}" "${scratch}/repo/_output/kubernetes"
+  local line
+  for line in $(rbdf::lines::list); do
+    [[ "${line}" == "${RBDF_PRIMARY_LINE}" ]] && continue
+    [[ -d "${RBDF_OUTPUT}/${line}/kubernetes" ]] || continue
+    mkdir -p "${scratch}/repo/_output/${line}"
+    ln -s "${RBDF_OUTPUT}/${line}/kubernetes" "${scratch}/repo/_output/${line}/kubernetes"
+  done
+  if [[ "${1:-}" == clone ]]; then
+    git clone --quiet --shared "${RBDF_TREE}" "${scratch}/repo/_output/kubernetes"
+  else
+    ln -s "${RBDF_TREE}" "${scratch}/repo/_output/kubernetes"
+  fi
 }
 
 # expect NAME WANT_RC PATTERN CMD... runs CMD in the copy and checks that it
@@ -83,7 +95,7 @@ if [[ -e "${scratch}/repo/_output/v1.99" ]]; then
   failures=$((failures + 1))
 fi
 
-fresh_copy
+fresh_copy clone
 echo "// local work" >> "${scratch}/repo/_output/kubernetes/pkg/volume/rbd/rbd.go"
 expect "kube-tree refuses a tree with uncommitted changes" fail \
   "make update-patches" hack/kube-tree.sh
@@ -94,7 +106,7 @@ else
   failures=$((failures + 1))
 fi
 
-fresh_copy
+fresh_copy clone
 echo "// local work" >> "${scratch}/repo/_output/kubernetes/pkg/volume/rbd/rbd.go"
 rbdf::tree::git "${scratch}/repo/_output/kubernetes" commit --quiet -am "UPSTREAM: <carry>: rbd: local work"
 expect "kube-tree refuses a tree with commits not in the series" fail \
@@ -102,5 +114,51 @@ expect "kube-tree refuses a tree with commits not in the series" fail \
 expect "update-patches exports the new commit" 0 \
   "exported $(($(rbdf::tree::series_files | wc -l) + 1)) patch(es)" hack/update-patches.sh
 expect "kube-tree accepts the tree once exported" 0 "series applied" hack/kube-tree.sh
+
+fresh_copy
+# make dist's quilt folder applies with quilt to the unpacked upstream source
+# of the line and gives the same files as the materialised tree.
+expect "make dist packs the tarball and the quilt folders" 0 "patches)" hack/dist.sh
+mkdir -p "${scratch}/src"
+rbdf::tree::git "${RBDF_TREE}" archive "${RBDF_KUBE_VERSION}" | tar -x -C "${scratch}/src"
+cp -R "${scratch}/repo/_output/dist/${RBDF_LINE}/patches" "${scratch}/src/"
+if (cd "${scratch}/src" && QUILT_PATCHES=patches quilt push -a -q >/dev/null 2>&1); then
+  differ=0
+  while read -r f; do
+    cmp -s "${scratch}/src/${f}" "${RBDF_TREE}/${f}" || { echo "    | ${f} differs"; differ=1; }
+  done < <(rbdf::tree::series_files | xargs sed -n 's|^+++ b/||p' | sort -u)
+  if ((differ == 0)); then
+    echo "PASS: quilt push -a applies the ${RBDF_LINE} quilt folder to the upstream source"
+  else
+    echo "FAIL: quilt's result differs from the materialised tree"
+    failures=$((failures + 1))
+  fi
+else
+  echo "FAIL: quilt push -a did not apply the ${RBDF_LINE} quilt folder"
+  failures=$((failures + 1))
+fi
+
+fresh_copy clone
+# Move the primary line to another patch release and back: the series must
+# apply there, and coming back must give the committed patches again.
+readonly REBASE_TO="${RBDF_REBASE_TEST_VERSION:-v1.30.4}"
+cp -R "${scratch}/repo/patches" "${scratch}/patches.orig"
+expect "rebase.sh moves ${RBDF_LINE} to ${REBASE_TO}" 0 "now carries" \
+  hack/rebase.sh "${RBDF_LINE}" "${REBASE_TO}"
+if grep -q "^  \[${RBDF_LINE}\]=${REBASE_TO}$" "${scratch}/repo/hack/lib/lines.sh"; then
+  echo "PASS: rebase.sh pins ${RBDF_LINE} to ${REBASE_TO}"
+else
+  echo "FAIL: rebase.sh did not pin ${RBDF_LINE} to ${REBASE_TO}"
+  failures=$((failures + 1))
+fi
+expect "rebase.sh moves ${RBDF_LINE} back to ${RBDF_KUBE_VERSION}" 0 "now carries" \
+  hack/rebase.sh "${RBDF_LINE}" "${RBDF_KUBE_VERSION}"
+if diff -r "${scratch}/patches.orig" "${scratch}/repo/patches" >/dev/null &&
+  cmp -s "${RBDF_ROOT}/hack/lib/lines.sh" "${scratch}/repo/hack/lib/lines.sh"; then
+  echo "PASS: the round trip gives the committed series and line table back"
+else
+  echo "FAIL: the round trip changed the series or the line table"
+  failures=$((failures + 1))
+fi
 
 ((failures == 0))

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Runs every test the project has for a release line and ends with one line
-# "N passed, N failed":
+# Runs every test the project has and ends with one line "N passed, N failed":
+#   for the primary line (v1.30):
 #   - upstream's unit tests of every package the series touches, through
 #     upstream's hack/make-rules/test.sh on the patched tree;
 #   - our behaviour specs (pkg/...) compiled against the patched tree;
-#   - hack/verify.sh, each check counted once;
+#   - a short fuzz run of the rbd status parsers;
 #   - the end-to-end suites against a real Ceph cluster (hack/test-e2e.sh);
-#   - the tests of this tooling (hack/test-tooling.sh).
-# RACE=1 turns on the race detector for the Go tests.
+#   - hack/verify.sh, each check counted once;
+#   - the tests of this tooling (hack/test-tooling.sh);
+#   for every other line: its upstream unit tests and our specs.
+# LINES restricts the lines (e.g. LINES=v1.30); RACE=1 turns on the race
+# detector for the Go tests.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -19,76 +22,107 @@ source "${RBDF_ROOT}/hack/lib/build.sh"
 # shellcheck source=hack/lib/test.sh
 source "${RBDF_ROOT}/hack/lib/test.sh"
 
-rbdf::lines::setup "${LINE:-}"
-rbdf::tree::materialise
-logs="${RBDF_LINE_OUTPUT}/test"
-mkdir -p "${logs}"
-
 # Packages whose upstream tests must pass: the ones we always cover, plus
 # every package directory a patch of the series touches.
 upstream_packages() {
   {
     printf '%s\n' ./pkg/volume/rbd/... ./pkg/volume/util/... ./pkg/controller/volume/attachdetach/...
     rbdf::tree::series_files | xargs -r sed -n 's|^+++ b/\(.*\)/[^/]*\.go$|./\1|p' | grep -v '^./staging/'
-  } | sort -u
+  } | sort -u | awk '{ for (p in seen) if (index($0, p) == 1) next; if ($0 ~ /\/\.\.\.$/) seen[substr($0, 1, length($0) - 3)] = 1; print }'
 }
 
+# shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 upstream_tests() {
   local -a env
   mapfile -t env < <(rbdf::build::upstream_env)
   local race=""
   [[ "${RACE:-}" == 1 ]] && race="-race"
-  env "${env[@]}" KUBE_RACE="${race}" KUBE_TEST_ARGS="-json" \
-    make -C "${RBDF_TREE}" test WHAT="$(upstream_packages | xargs)" 2>&1
+  if [[ -f "${RBDF_TREE}/go.work" ]]; then
+    env "${env[@]}" KUBE_RACE="${race}" KUBE_TEST_ARGS="-json" \
+      make -C "${RBDF_TREE}" test WHAT="$(upstream_packages | xargs)" 2>&1
+  else
+    # Before v1.30 upstream's test.sh runs in GOPATH mode over vendor/,
+    # which the module zips do not carry: run the same packages' tests with
+    # the go command in module mode.
+    # shellcheck disable=SC2046 # one word per package pattern
+    (cd "${RBDF_TREE}" && env "${env[@]}" GO111MODULE=on go test -json ${race} -timeout 180s \
+      $(upstream_packages) 2>&1)
+  fi
 }
 
+# shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 specs() {
   local modfile race=()
-  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" patched)"
+  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
   [[ "${RACE:-}" == 1 ]] && race=(-race)
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json "${race[@]}" -modfile="${modfile}" ./pkg/... 2>&1
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json "${race[@]}" -tags "${RBDF_GOTAGS}" \
+    -modfile="${modfile}" ./pkg/... 2>&1
 }
 
-echo "=== upstream unit tests on ${RBDF_KUBE_VERSION} + patches/${RBDF_LINE}: $(upstream_packages | xargs)"
-rbdf::test::gojson "upstream unit tests (${RBDF_LINE})" "${logs}/upstream.failed" upstream_tests
-
-echo "=== behaviour specs (pkg/...) against the patched tree"
-rbdf::test::gojson "behaviour specs (${RBDF_LINE}, patched)" "${logs}/specs.failed" specs
-
-echo "=== fuzz: the rbd status parsers (${FUZZTIME:-15s})"
 fuzz() {
   local -a env
   mapfile -t env < <(rbdf::build::upstream_env)
   (cd "${RBDF_TREE}" && env "${env[@]}" go test -run '^$' -fuzz '^FuzzParseRbdStatus$' \
     -fuzztime "${FUZZTIME:-15s}" ./pkg/volume/rbd/)
 }
-if rbdf::tree::git "${RBDF_TREE}" grep -q '^func FuzzParseRbdStatus' -- pkg/volume/rbd; then
-  if fuzz; then
-    rbdf::test::record "fuzz FuzzParseRbdStatus" 1 0
-  else
-    rbdf::test::record "fuzz FuzzParseRbdStatus" 0 1
-  fi
-fi
 
-echo "=== end-to-end (hack/test-e2e.sh)"
-e2e_out="$(mktemp)"
-"${RBDF_ROOT}/hack/test-e2e.sh" > >(tee "${e2e_out}") || true
-wait
-if counts="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "${e2e_out}" | tail -n1)"; then
-  read -r e2e_passed _ e2e_failed _ <<<"${counts//,/}"
-  rbdf::test::record "e2e (${RBDF_LINE}, real Ceph)" "${e2e_passed}" "${e2e_failed}"
-else
-  rbdf::test::record "e2e (${RBDF_LINE}, real Ceph)" 0 1
-fi
-rm -f "${e2e_out}"
+# check NAME CMD... records CMD's exit status as one passed or failed check.
+check() {
+  local name="$1"
+  shift
+  if "$@"; then
+    rbdf::test::record "${name}" 1 0
+  else
+    rbdf::test::record "${name}" 0 1
+  fi
+}
+
+# suite NAME SCRIPT runs a script that ends with "N passed, N failed" and
+# records its counts (one failure if it printed none).
+suite() {
+  local name="$1" out counts p f
+  shift
+  out="$(mktemp)"
+  "$@" > >(tee "${out}") || true
+  wait
+  if counts="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "${out}" | tail -n1)"; then
+    read -r p _ f _ <<<"${counts//,/}"
+    rbdf::test::record "${name}" "${p}" "${f}"
+  else
+    rbdf::test::record "${name}" 0 1
+  fi
+  rm -f "${out}"
+}
+
+for line in ${LINES:-$(rbdf::lines::list)}; do
+  rbdf::lines::setup "${line}"
+  logs="${RBDF_LINE_OUTPUT}/test"
+  mkdir -p "${logs}"
+  if ! rbdf::tree::materialise; then
+    rbdf::test::record "kube-tree (${line})" 0 1
+    continue
+  fi
+
+  echo "=== upstream unit tests on ${RBDF_KUBE_VERSION} + patches/${line}: $(upstream_packages | xargs)"
+  rbdf::test::gojson "upstream unit tests (${line})" "${logs}/upstream.failed" upstream_tests
+
+  echo "=== behaviour specs (pkg/...) against the patched ${line} tree"
+  rbdf::test::gojson "behaviour specs (${line})" "${logs}/specs.failed" specs
+
+  [[ "${line}" == "${RBDF_PRIMARY_LINE}" ]] || continue
+
+  if rbdf::tree::git "${RBDF_TREE}" grep -q '^func FuzzParseRbdStatus' -- pkg/volume/rbd; then
+    echo "=== fuzz: the rbd status parsers (${FUZZTIME:-15s})"
+    check "fuzz FuzzParseRbdStatus (${line})" fuzz
+  fi
+
+  echo "=== end-to-end (hack/test-e2e.sh)"
+  suite "e2e (${line}, real Ceph)" env LINE="${line}" "${RBDF_ROOT}/hack/test-e2e.sh"
+done
 
 echo "=== verify"
-for check in patches commits ledger gofmt govet shellcheck; do
-  if "${RBDF_ROOT}/hack/verify.sh" "${check}"; then
-    rbdf::test::record "verify-${check}" 1 0
-  else
-    rbdf::test::record "verify-${check}" 0 1
-  fi
+for name in patches commits ledger gofmt govet shellcheck; do
+  check "verify-${name}" "${RBDF_ROOT}/hack/verify.sh" "${name}"
 done
 
 echo "=== tooling tests"

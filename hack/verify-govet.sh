@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs go vet on our module, compiled against the patched tree.
+# Runs go vet on our module, compiled against each line's patched tree.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -7,10 +7,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
 # shellcheck source=hack/lib/golang.sh
 source "${RBDF_ROOT}/hack/lib/golang.sh"
 
-rbdf::lines::setup "${LINE:-}"
-rbdf::tree::materialise >/dev/null
-modfile="$(rbdf::golang::modfile "${RBDF_TREE}" patched)"
 mapfile -t pkgs < <(rbdf::golang::our_packages)
 ((${#pkgs[@]})) || exit 0
-cd "${RBDF_ROOT}"
-GOFLAGS=-mod=mod go vet -modfile="${modfile}" "${pkgs[@]}"
+failed=0
+for line in ${LINES:-$(rbdf::lines::list)}; do
+  rbdf::lines::setup "${line}"
+  [[ -s "${RBDF_PATCHES}/series" ]] || continue
+  rbdf::tree::materialise >/dev/null
+  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${line}")"
+  (cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go vet -tags "${RBDF_GOTAGS}" -modfile="${modfile}" "${pkgs[@]}") || failed=1
+done
+exit "${failed}"

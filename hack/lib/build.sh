@@ -11,6 +11,9 @@ rbdf::build::upstream_env() {
   echo "FORCE_HOST_GO=1"
   echo "GOFLAGS=-mod=readonly"
   echo "GOTOOLCHAIN=local"
+  # Set, it keeps v1.28/v1.29's test.sh from building hack/tools/ncpu, a
+  # nested module the module zip does not carry.
+  echo "GOMAXPROCS=$(nproc)"
 }
 
 # rbdf::build::binaries TREE VERSION BINDIR builds RBDF_BINARIES in TREE with

@@ -14,6 +14,14 @@ declare -A RBDF_LINE_VERSION=(
 )
 readonly -A RBDF_LINE_VERSION
 
+# line -> Go build tags our specs need to compile against that line's API.
+declare -A RBDF_LINE_GOTAGS=(
+  [v1.30]=""
+  [v1.29]="kube_pre_1_30"
+  [v1.28]="kube_pre_1_30"
+)
+readonly -A RBDF_LINE_GOTAGS
+
 # rbdf::lines::list prints the supported lines, newest first.
 rbdf::lines::list() {
   printf '%s\n' "${!RBDF_LINE_VERSION[@]}" | sort -rV
@@ -39,6 +47,7 @@ rbdf::lines::setup() {
   fi
   RBDF_TREE="${RBDF_LINE_OUTPUT}/kubernetes"
   RBDF_STOCK_TREE="${RBDF_LINE_OUTPUT}/stock/kubernetes"
+  RBDF_GOTAGS="${RBDF_LINE_GOTAGS[${line}]}"
   export RBDF_LINE RBDF_KUBE_VERSION RBDF_STAGING_VERSION RBDF_VERSION \
-    RBDF_PATCHES RBDF_LINE_OUTPUT RBDF_TREE RBDF_STOCK_TREE
+    RBDF_PATCHES RBDF_LINE_OUTPUT RBDF_TREE RBDF_STOCK_TREE RBDF_GOTAGS
 }

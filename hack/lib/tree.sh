@@ -31,8 +31,17 @@ rbdf::tree::staging_modules() {
 # command (checksums verified against go.sum or the checksum database) and
 # prints its directory in the module cache.
 rbdf::tree::module_dir() {
-  local mod="$1" json
-  if ! json="$(cd "${RBDF_ROOT}" && go mod download -json "${mod}")"; then
+  local mod="$1" json dir="${RBDF_ROOT}"
+  # Versions our go.sum pins are checked against it; others (the older
+  # lines, rebases) against the checksum database, from outside our module
+  # so that go.sum stays as committed.
+  if ! grep -q "^${mod%@*} ${mod#*@} " "${RBDF_ROOT}/go.sum"; then
+    dir="$(mktemp -d)"
+  fi
+  local rc=0
+  json="$(cd "${dir}" && go mod download -json "${mod}")" || rc=$?
+  [[ "${dir}" == "${RBDF_ROOT}" ]] || rm -rf "${dir}"
+  if ((rc != 0)); then
     rbdf::log::error "go mod download ${mod} failed:"
     printf '%s\n' "${json}" | sed -n 's/.*"Error": *//p' >&2
     return 1
@@ -63,6 +72,17 @@ rbdf::tree::assemble() {
       "${mod}" "${mod}" > "${dest}/staging/src/${mod}/go.mod"
   done < <(awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print $1}' "${dest}/go.mod" | grep '^k8s.io/sample-')
   chmod -R u+w "${dest}"
+  # Lines without a go.work (before v1.30) build the staging modules as
+  # replaced dependencies of one module; the published staging go.mod files
+  # require each other at vX.Y.Z where upstream's repository has v0.0.0,
+  # which would make the go command want to rewrite the root go.mod. Put
+  # upstream's v0.0.0 back.
+  if [[ ! -f "${dest}/go.work" ]]; then
+    local names
+    names="$(rbdf::tree::staging_modules "${dest}" | sed 's|^k8s.io/||' | paste -sd'|')"
+    find "${dest}/staging/src/k8s.io" -mindepth 2 -maxdepth 2 -name go.mod -print0 |
+      xargs -0 sed -i -E "s#(k8s\.io/(${names}|sample-apiserver|sample-controller|sample-cli-plugin)) ${RBDF_STAGING_VERSION//./\.}( |\$)#\1 v0.0.0\3#"
+  fi
   # Module zips drop the executable bit: give it back to every script.
   # shellcheck disable=SC2016 # an awk program, not shell
   (cd "${dest}" && find . -path ./.git -prune -o -type f -size -1024k -print0 |
@@ -93,22 +113,37 @@ rbdf::tree::export() {
 
 # rbdf::tree::apply TREE FROM applies the series to TREE starting at patch
 # number FROM (1-based). On failure it names the patch and the file and
-# leaves git am's state for the user.
+# leaves git am's state for the caller to report. RBDF_AM_FLAGS=-3 lets a
+# rebase fall back to a three-way merge, and RBDF_AM_REDUCED_CONTEXT=1 then
+# to matching one line of context (reported: review such a hunk).
 rbdf::tree::apply() {
   local tree="$1" from="${2:-1}" n=0 patch file
   while read -r patch; do
     n=$((n + 1))
     ((n < from)) && continue
-    if ! rbdf::tree::git "${tree}" am --committer-date-is-author-date --quiet "${patch}" >&2; then
-      file="$(sed -n 's/^error: patch failed: \(.*\):[0-9]*$/\1/p;s/^error: \(.*\): does not exist in index$/\1/p' \
-        "${tree}/.git/rebase-apply/patch-error" 2>/dev/null | head -n1 || true)"
-      rbdf::log::error "patch $(basename "${patch}") does not apply to ${RBDF_KUBE_VERSION}${file:+ (${file})}"
-      rbdf::log::error "the tree is left as git am left it in ${tree}: resolve, then"
-      rbdf::log::error "  git -C ${tree} am --continue   (or: am --abort to give up)"
-      rbdf::log::error "and export with: make update-patches LINE=${RBDF_LINE}"
-      return 1
+    # shellcheck disable=SC2086 # a list of flags
+    if rbdf::tree::git "${tree}" am ${RBDF_AM_FLAGS:-} --committer-date-is-author-date --quiet "${patch}" >&2; then
+      continue
     fi
+    if [[ "${RBDF_AM_REDUCED_CONTEXT:-}" == 1 ]] &&
+      rbdf::tree::git "${tree}" am --show-current-patch=diff |
+      rbdf::tree::git "${tree}" apply -C1 --index - >&2 &&
+      rbdf::tree::git "${tree}" am --continue --committer-date-is-author-date --quiet >&2; then
+      rbdf::log::error "warning: $(basename "${patch}") applied to ${RBDF_KUBE_VERSION} only with reduced context: review it"
+      continue
+    fi
+    file="$(sed -n 's/^error: patch failed: \(.*\):[0-9]*$/\1/p;s/^error: \(.*\): does not exist in index$/\1/p' \
+      "${tree}/.git/rebase-apply/patch-error" 2>/dev/null | head -n1 || true)"
+    rbdf::log::error "patch $(basename "${patch}") does not apply to ${RBDF_KUBE_VERSION}${file:+ (${file})}"
+    return 1
   done < <(rbdf::tree::series_files)
+}
+
+# rbdf::tree::am_help TREE tells how to go on from a stopped git am.
+rbdf::tree::am_help() {
+  rbdf::log::error "the tree is left as git am left it in $1: resolve, then"
+  rbdf::log::error "  git -C $1 am --continue   (or: am --abort to give up)"
+  rbdf::log::error "and export with: make update-patches LINE=${RBDF_LINE}"
 }
 
 # rbdf::tree::state TREE prints how the existing TREE relates to the series:
@@ -157,7 +192,10 @@ rbdf::tree::materialise() {
       ;;
     behind*)
       rbdf::log::info "applying the rest of the ${RBDF_LINE} series to ${RBDF_TREE}"
-      rbdf::tree::apply "${RBDF_TREE}" "${state#behind }"
+      rbdf::tree::apply "${RBDF_TREE}" "${state#behind }" || {
+        rbdf::tree::am_help "${RBDF_TREE}"
+        return 1
+      }
       return
       ;;
     dirty)
@@ -185,6 +223,7 @@ rbdf::tree::materialise() {
     # Keep the failed am for the user to resolve: it becomes the tree.
     rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"
     mv "${tmp}/kubernetes" "${RBDF_TREE}"
+    rbdf::tree::am_help "${RBDF_TREE}"
     return 1
   }
   rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"

@@ -40,7 +40,6 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/kubernetes/pkg/controller/volume/attachdetach/cache"
-	"k8s.io/kubernetes/pkg/controller/volume/attachdetach/reconciler"
 	"k8s.io/kubernetes/pkg/controller/volume/attachdetach/statusupdater"
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/kubernetes/pkg/volume/iscsi"
@@ -209,7 +208,7 @@ func newWorld(t *testing.T, nodes ...*v1.Node) *world {
 	w.logger = logger
 	ctx, w.cancel = context.WithCancel(ctx)
 	t.Cleanup(w.cancel)
-	rc := reconciler.NewReconciler(loopPeriod, maxWaitForUnmount, time.Hour, false, false, w.dsw, w.asw,
+	rc := newReconciler(loopPeriod, maxWaitForUnmount, w.dsw, w.asw,
 		operationexecutor.NewOperationExecutor(ops), statusupdater.NewFakeNodeStatusUpdater(false),
 		corelisters.NewNodeLister(indexer), recorder)
 	for _, n := range []types.NodeName{"node-a", "node-b", "node-c"} {

@@ -34,7 +34,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/controller/volume/attachdetach/cache"
-	"k8s.io/kubernetes/pkg/controller/volume/attachdetach/reconciler"
 	"k8s.io/kubernetes/pkg/controller/volume/attachdetach/statusupdater"
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/kubernetes/pkg/volume/rbd"
@@ -173,8 +172,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 	counter := &passCounter{NodeStatusUpdater: statusupdater.NewFakeNodeStatusUpdater(false)}
 	ex := operationexecutor.NewOperationExecutor(operationexecutor.NewOperationGenerator(
 		client, mgr, recorder, volumetesting.NewBlockVolumePathHandler()))
-	rc := reconciler.NewReconciler(0, time.Hour, time.Hour, false, false, dsw, asw, ex, counter,
-		corelisters.NewNodeLister(indexer), recorder)
+	rc := newReconciler(0, time.Hour, dsw, asw, ex, counter, corelisters.NewNodeLister(indexer), recorder)
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	defer cancel()
 	go rc.Run(ctx)
