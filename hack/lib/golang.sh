@@ -4,12 +4,21 @@
 # modules with the tree's directories.
 
 # rbdf::golang::modfile TREE NAME writes _output/go/NAME.mod (and .sum) and
-# prints the path of the .mod, for go -modfile.
+# prints the path of the .mod, for go -modfile. It requires what TREE's own
+# go.mod requires, at TREE's versions (so each line builds with its own
+# dependencies), and replaces k8s.io/kubernetes and its staging modules with
+# TREE's directories.
 rbdf::golang::modfile() {
   local tree="$1" name="$2" dir="${RBDF_OUTPUT}/go" mod
   mkdir -p "${dir}"
   {
-    sed '/^replace (/,/^)/d' "${RBDF_ROOT}/go.mod"
+    sed -n '1,/^go /p' "${RBDF_ROOT}/go.mod" | grep -v '^//'
+    echo
+    echo "require k8s.io/kubernetes v0.0.0"
+    echo
+    awk '/^require \($/ { inblock = 1; print; next }
+         inblock { print; if ($0 == ")") inblock = 0; next }
+         /^require / { print }' "${tree}/go.mod"
     echo
     echo "replace ("
     printf '\tk8s.io/kubernetes => %s\n' "${tree}"
@@ -20,7 +29,7 @@ rbdf::golang::modfile() {
     done
     echo ")"
   } > "${dir}/${name}.mod"
-  cp "${RBDF_ROOT}/go.sum" "${dir}/${name}.sum"
+  cat "${RBDF_ROOT}/go.sum" "${tree}/go.sum" | sort -u > "${dir}/${name}.sum"
   echo "${dir}/${name}.mod"
 }
 
