@@ -2,7 +2,10 @@
 # failover. Every target is a thin wrapper around a script in hack/.
 #
 #   make                  build _output/bin/{kubelet,kube-controller-manager}
-#   make test             every test: upstream unit tests, specs, verify, tooling
+#   make test             every test of every line (LINE=v1.29: that line's
+#                         upstream tests and specs, plus verify and tooling)
+#   make test-all-lines   every line, whatever LINE says
+#   make dist             patches tarball + quilt folders in _output/dist
 #   make test-stock       the A/B record: specs against stock Kubernetes
 #   make bench            reconcile-pass benchmark, stock vs patched (benchstat)
 #   make e2e              end-to-end suites against a real Ceph cluster
@@ -21,7 +24,7 @@ RACE ?=
 WATCH_TIMEOUT ?=
 export LINE RACE WATCH_TIMEOUT
 
-.PHONY: all build stock kube-tree update-patches verify test test-stock e2e deps clean bench
+.PHONY: all build stock kube-tree update-patches verify test test-all-lines test-stock e2e dist deps clean bench
 
 all: build
 
@@ -45,6 +48,12 @@ verify: deps
 
 test: deps
 	hack/test.sh
+
+test-all-lines: deps
+	LINE= hack/test.sh
+
+dist:
+	hack/dist.sh
 
 test-stock: deps
 	hack/test-stock.sh

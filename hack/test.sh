@@ -9,8 +9,8 @@
 #   - hack/verify.sh, each check counted once;
 #   - the tests of this tooling (hack/test-tooling.sh);
 #   for every other line: its upstream unit tests and our specs.
-# LINES restricts the lines (e.g. LINES=v1.30); RACE=1 turns on the race
-# detector for the Go tests.
+# LINE (or LINES, a list) restricts the line-specific tests; RACE=1 turns on
+# the race detector for the Go tests.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -28,7 +28,16 @@ upstream_packages() {
   {
     printf '%s\n' ./pkg/volume/rbd/... ./pkg/volume/util/... ./pkg/controller/volume/attachdetach/...
     rbdf::tree::series_files | xargs -r sed -n 's|^+++ b/\(.*\)/[^/]*\.go$|./\1|p' | grep -v '^./staging/'
-  } | sort -u | awk '{ for (p in seen) if (index($0, p) == 1) next; if ($0 ~ /\/\.\.\.$/) seen[substr($0, 1, length($0) - 3)] = 1; print }'
+  } | sort -u | awk '
+    # Drop a package already covered by a "dir/..." pattern.
+    { pats[NR] = $0; if ($0 ~ /\/\.\.\.$/) tree[substr($0, 1, length($0) - 4)] = 1 }
+    END {
+      for (i = 1; i <= NR; i++) {
+        p = pats[i]; covered = 0
+        for (t in tree) if (p != t "/..." && (p == t || index(p, t "/") == 1)) covered = 1
+        if (!covered) print p
+      }
+    }'
 }
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
@@ -94,7 +103,7 @@ suite() {
   rm -f "${out}"
 }
 
-for line in ${LINES:-$(rbdf::lines::list)}; do
+for line in ${LINES:-${LINE:-$(rbdf::lines::list)}}; do
   rbdf::lines::setup "${line}"
   logs="${RBDF_LINE_OUTPUT}/test"
   mkdir -p "${logs}"

@@ -32,17 +32,16 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/kubernetes/pkg/volume"
-	"k8s.io/kubernetes/pkg/volume/rbd"
-	volumetest "k8s.io/kubernetes/pkg/volume/testing"
 	"k8s.io/utils/exec"
 	testingexec "k8s.io/utils/exec/testing"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdplugin"
 )
 
 const (
-	specNamespace = "sock-shop"
-	specSecret    = "ceph-user-secret"
+	specNamespace = rbdplugin.Namespace
+	specSecret    = rbdplugin.SecretName
 	// specKey is the cephx key in the Secret; specs check where it shows up.
 	specKey = "AQBnotarealkeybutlongenoughtospotAAAAAAAAAAAAA=="
 	// watcherAddr and watcherClient describe the node that holds the image.
@@ -261,14 +260,6 @@ func (r *rbdTools) find(cmd, sub string) []invocation {
 	return out
 }
 
-// execHost is a fake volume host whose exec is the scripted rbd tools.
-type execHost struct {
-	volume.VolumeHost
-	exec exec.Interface
-}
-
-func (h *execHost) GetExec(string) exec.Interface { return h.exec }
-
 // volumeUse says how a pod uses an RBD volume.
 type volumeUse struct {
 	inline      bool
@@ -305,32 +296,11 @@ func (u volumeUse) spec() *volume.Spec {
 	return volume.NewSpecFromPersistentVolume(pv, u.readOnly)
 }
 
-// newAttacher returns the real RBD plugin's attacher on a fake host whose
-// commands are answered by tools.
+// newAttacher returns the real RBD plugin's attacher on a fake kubelet host
+// whose commands are answered by tools and whose API server holds specKey.
 func newAttacher(t *testing.T, tools *rbdTools) volume.Attacher {
 	t.Helper()
-	client := fake.NewSimpleClientset(&v1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: specSecret, Namespace: specNamespace},
-		Type:       "kubernetes.io/rbd",
-		Data:       map[string][]byte{"key": []byte(specKey)},
-	})
-	host := &execHost{
-		VolumeHost: volumetest.NewFakeKubeletVolumeHost(t, t.TempDir(), client, nil),
-		exec:       tools.exec(),
-	}
-	mgr := &volume.VolumePluginMgr{}
-	if err := mgr.InitPlugins(rbd.ProbeVolumePlugins(), nil, host); err != nil {
-		t.Fatalf("init plugins: %v", err)
-	}
-	plug, err := mgr.FindAttachablePluginByName("kubernetes.io/rbd")
-	if err != nil {
-		t.Fatalf("find rbd plugin: %v", err)
-	}
-	attacher, err := plug.NewAttacher()
-	if err != nil {
-		t.Fatalf("new attacher: %v", err)
-	}
-	return attacher
+	return rbdplugin.NewAttacher(t, tools.exec(), specKey)
 }
 
 func specPod() *v1.Pod {
