@@ -15,7 +15,7 @@ source "${RBDF_ROOT}/hack/lib/golang.sh"
 readonly BENCHSTAT="golang.org/x/perf/cmd/benchstat@v0.0.0-20250813145418-2f7363a06fe1"
 
 rbdf::lines::setup "${LINE:-}"
-rbdf::tree::materialise
+rbdf::tree::ensure
 rbdf::tree::stock
 out="${RBDF_LINE_OUTPUT}/bench"
 mkdir -p "${out}"

@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
 source "${RBDF_ROOT}/hack/lib/build.sh"
 
 rbdf::lines::setup "${LINE:-}"
-rbdf::tree::materialise
+rbdf::tree::ensure
 
 case "${1:-patched}" in
   patched)

@@ -15,7 +15,7 @@ source "${RBDF_ROOT}/hack/lib/golang.sh"
 source "${RBDF_ROOT}/hack/lib/test.sh"
 
 rbdf::lines::setup "${LINE:-}"
-rbdf::tree::materialise
+rbdf::tree::ensure
 run="$(date -u +%Y%m%dT%H%M%SZ)"
 export E2E_DIR="${RBDF_OUTPUT}/e2e/${run}"
 export WATCH_TIMEOUT="${WATCH_TIMEOUT:-10}"

@@ -14,7 +14,7 @@ source "${RBDF_ROOT}/hack/lib/test.sh"
 readonly CHANGED="${RBDF_ROOT}/test/ab/changed-rows.txt"
 
 rbdf::lines::setup "${LINE:-}"
-rbdf::tree::materialise
+rbdf::tree::ensure
 rbdf::tree::stock
 logs="${RBDF_LINE_OUTPUT}/test"
 mkdir -p "${logs}"

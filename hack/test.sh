@@ -107,7 +107,7 @@ for line in ${LINES:-${LINE:-$(rbdf::lines::list)}}; do
   rbdf::lines::setup "${line}"
   logs="${RBDF_LINE_OUTPUT}/test"
   mkdir -p "${logs}"
-  if ! rbdf::tree::materialise; then
+  if ! rbdf::tree::ensure; then
     rbdf::test::record "kube-tree (${line})" 0 1
     continue
   fi

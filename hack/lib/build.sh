@@ -22,6 +22,12 @@ rbdf::build::binaries() {
   local tree="$1" version="$2" bindir="$3" version_file commit epoch what=() bin
   local -a env
   mapfile -t env < <(rbdf::build::upstream_env)
+  local state=clean
+  # A build of local work that is not in the series says so in its version.
+  if [[ -n "$(rbdf::tree::git "${tree}" status --porcelain)" ]]; then
+    state=dirty
+    version="${version}.dirty"
+  fi
   commit="$(rbdf::tree::git "${tree}" rev-parse HEAD)"
   epoch="$(rbdf::tree::git "${tree}" log -1 --format=%ct HEAD)"
   version_file="$(mktemp)"
@@ -29,7 +35,7 @@ rbdf::build::binaries() {
   trap "rm -f '${version_file}'" RETURN
   {
     echo "KUBE_GIT_COMMIT='${commit}'"
-    echo "KUBE_GIT_TREE_STATE='clean'"
+    echo "KUBE_GIT_TREE_STATE='${state}'"
     echo "KUBE_GIT_VERSION='${version}'"
     echo "KUBE_GIT_MAJOR='1'"
     echo "KUBE_GIT_MINOR='$(echo "${version}" | cut -d. -f2)'"

@@ -261,3 +261,16 @@ rbdf::tree::patch_subject() {
 rbdf::tree::patch_message() {
   awk 'body && /^---$/ { exit } body { print } /^$/ && !body { body = 1 }' "$1"
 }
+
+# rbdf::tree::ensure makes RBDF_TREE ready to build and test: materialised
+# and current with the series, or, when it holds local work that is not in
+# the series yet (the edit-build-test loop), used as it is with a warning.
+rbdf::tree::ensure() {
+  if [[ -d "${RBDF_TREE}/.git" && ! -d "${RBDF_TREE}/.git/rebase-apply" &&
+    "$(rbdf::tree::state "${RBDF_TREE}")" == dirty ]]; then
+    rbdf::log::error "warning: ${RBDF_TREE} holds work not in patches/${RBDF_LINE}; using it as it is" \
+      "(export it with make update-patches LINE=${RBDF_LINE})"
+    return 0
+  fi
+  rbdf::tree::materialise
+}

@@ -25,6 +25,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -84,7 +85,7 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n(logs in %s)\n", err, filepath.Join(dir, "ceph", "log"))
 		return 1
 	}
-	report("# Node-side e2e (real Ceph %s)\n\n", cephVersion())
+	report("# Node-side e2e (real Ceph %s, patched RBD plugin)\n\n", cephVersion())
 	report("- cluster started in %v; osd_client_watch_timeout %v\n", time.Since(start).Round(time.Millisecond), watchTimeout)
 	code := m.Run()
 	cluster.Stop()
@@ -96,12 +97,13 @@ func run(m *testing.M) int {
 	return code
 }
 
+// cephVersion returns the version the ceph CLI reports, e.g. "16.2.15".
 func cephVersion() string {
-	out, err := os.ReadFile("/usr/share/doc/ceph-common/changelog.Debian.gz")
-	if err != nil || len(out) == 0 {
-		return "16.2"
+	out, err := exec.Command("ceph", "--version").Output()
+	if f := strings.Fields(string(out)); err == nil && len(f) >= 3 {
+		return f[2]
 	}
-	return "16.2 (Debian)"
+	return "(unknown version)"
 }
 
 // report appends a line to the node-side report and prints it.
