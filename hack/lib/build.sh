@@ -40,6 +40,12 @@ rbdf::build::binaries() {
     echo "KUBE_GIT_MAJOR='1'"
     echo "KUBE_GIT_MINOR='$(echo "${version}" | cut -d. -f2)'"
   } > "${version_file}"
+  if [[ ! -f "${tree}/go.work" ]]; then
+    # Before v1.30 upstream builds with GOPROXY=off from vendor/, which the
+    # module zips leave empty: fetch the modules first (checked against the
+    # tree's go.sum), then build from the module cache.
+    (cd "${tree}" && env "${env[@]}" GO111MODULE=on go mod download)
+  fi
   for bin in "${RBDF_BINARIES[@]}"; do what+=("cmd/${bin}"); done
   rbdf::log::info "building ${RBDF_BINARIES[*]} ${version} in ${tree}"
   # kubelet is dynamic upstream and kube-controller-manager static: build both
