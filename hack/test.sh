@@ -70,9 +70,21 @@ specs() {
 
 fuzz() {
   local -a env
+  local corpus="${RBDF_TREE}/pkg/volume/rbd/testdata/fuzz" kept="${RBDF_OUTPUT}/test/fuzz-failures"
   mapfile -t env < <(rbdf::build::upstream_env)
-  (cd "${RBDF_TREE}" && env "${env[@]}" go test -run '^$' -fuzz '^FuzzParseRbdStatus$' \
-    -fuzztime "${FUZZTIME:-15s}" ./pkg/volume/rbd/)
+  if (cd "${RBDF_TREE}" && env "${env[@]}" go test -run '^$' -fuzz '^FuzzParseRbdStatus$' \
+    -fuzztime "${FUZZTIME:-15s}" ./pkg/volume/rbd/); then
+    return 0
+  fi
+  # go test writes the failing input into the package; move it out so the
+  # tree stays clean for the checks that follow, and say where it went.
+  if [[ -d "${corpus}" ]]; then
+    mkdir -p "${kept}"
+    cp -r "${corpus}/." "${kept}/"
+    rm -rf "${RBDF_TREE}/pkg/volume/rbd/testdata"
+    rbdf::log::error "fuzz: failing input kept in ${kept}; add it to the parser's table test"
+  fi
+  return 1
 }
 
 # check NAME CMD... records CMD's exit status as one passed or failed check.
