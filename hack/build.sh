@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kubelet and kube-controller-manager for a release line.
-# Usage: hack/build.sh [patched|stock]   (LINE selects the release line)
+# Usage: hack/build.sh [patched|stock] [BINARY...]   (LINE selects the release line)
 #   patched: the series applied, into _output/bin, version vX.Y.Z+rbdfailover.N
 #   stock:   the pristine upstream tag, into _output/stock/bin, version vX.Y.Z
 set -euo pipefail
@@ -13,13 +13,15 @@ source "${RBDF_ROOT}/hack/lib/build.sh"
 rbdf::lines::setup "${LINE:-}"
 rbdf::tree::ensure
 
-case "${1:-patched}" in
+flavour="${1:-patched}"
+shift || true
+case "${flavour}" in
   patched)
-    rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin"
+    rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin" "$@"
     ;;
   stock)
     rbdf::tree::stock
-    rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin"
+    rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" "$@"
     ;;
   *)
     rbdf::log::fatal "usage: $0 [patched|stock]"

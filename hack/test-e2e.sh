@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Runs the end-to-end suites under test/e2e against the patched tree: a real
-# single-node Ceph cluster on 127.0.0.1 (Debian's ceph packages, installed by
-# hack/install-deps.sh) driven through the patched RBD plugin.
+# Runs the end-to-end suites under test/e2e against the patched tree, on a
+# real single-node Ceph cluster on 127.0.0.1 (Debian's ceph packages,
+# installed by hack/install-deps.sh):
+#   test/e2e/node      the patched RBD plugin's watcher gate against Ceph;
+#   test/e2e/failover  the node-failure scenarios on a real control plane
+#                      (etcd, kube-apiserver, stock and patched
+#                      kube-controller-manager) with simulated nodes.
+# It first builds what the control plane needs: kube-apiserver from the
+# patched tree, kube-controller-manager from the stock and the patched tree,
+# etcd at the version the tree pins, and the node agent.
 # WATCH_TIMEOUT sets the OSDs' osd_client_watch_timeout in seconds (default
 # 10; Ceph's default is 30). Logs go to _output/e2e/<run>/ and are kept when a
-# suite fails.
+# suite fails; the report is _output/e2e/report.md.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -13,6 +20,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
 source "${RBDF_ROOT}/hack/lib/golang.sh"
 # shellcheck source=hack/lib/test.sh
 source "${RBDF_ROOT}/hack/lib/test.sh"
+# shellcheck source=hack/lib/build.sh
+source "${RBDF_ROOT}/hack/lib/build.sh"
 
 rbdf::lines::setup "${LINE:-}"
 rbdf::tree::ensure
@@ -20,12 +29,24 @@ run="$(date -u +%Y%m%dT%H%M%SZ)"
 export E2E_DIR="${RBDF_OUTPUT}/e2e/${run}"
 export WATCH_TIMEOUT="${WATCH_TIMEOUT:-10}"
 mkdir -p "${E2E_DIR}"
+modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
+
+rbdf::log::info "building the control plane for the e2e"
+rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin" kube-apiserver kube-controller-manager
+rbdf::tree::stock
+rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager
+e2e_bin="${RBDF_OUTPUT}/e2e/bin"
+(cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go build -modfile="${modfile}" -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd)
+(cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go build -modfile="${modfile}" -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent)
+export E2E_ETCD="${e2e_bin}/etcd"
+export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
+export E2E_KCM_PATCHED="${RBDF_LINE_OUTPUT}/bin/kube-controller-manager"
+export E2E_KCM_STOCK="${RBDF_LINE_OUTPUT}/stock/bin/kube-controller-manager"
+export E2E_NODE_AGENT="${e2e_bin}/rbd-node-agent"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e() {
-  local modfile
-  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -count=1 -timeout 20m -tags "${RBDF_GOTAGS}" \
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
     -modfile="${modfile}" ./test/e2e/... 2>&1
 }
 

@@ -16,10 +16,14 @@ rbdf::build::upstream_env() {
   echo "GOMAXPROCS=$(nproc)"
 }
 
-# rbdf::build::binaries TREE VERSION BINDIR builds RBDF_BINARIES in TREE with
-# "make WHAT=…", stamps VERSION into them and copies them to BINDIR.
+# rbdf::build::binaries TREE VERSION BINDIR [BINARY...] builds the binaries
+# (default RBDF_BINARIES) in TREE with "make WHAT=…", stamps VERSION into them
+# and copies them to BINDIR.
 rbdf::build::binaries() {
   local tree="$1" version="$2" bindir="$3" version_file commit epoch what=() bin
+  shift 3
+  local -a binaries=("${RBDF_BINARIES[@]}")
+  if (($# > 0)); then binaries=("$@"); fi
   local -a env
   mapfile -t env < <(rbdf::build::upstream_env)
   local state=clean
@@ -46,16 +50,16 @@ rbdf::build::binaries() {
     # tree's go.sum), then build from the module cache.
     (cd "${tree}" && env "${env[@]}" GO111MODULE=on go mod download)
   fi
-  for bin in "${RBDF_BINARIES[@]}"; do what+=("cmd/${bin}"); done
-  rbdf::log::info "building ${RBDF_BINARIES[*]} ${version} in ${tree}"
+  for bin in "${binaries[@]}"; do what+=("cmd/${bin}"); done
+  rbdf::log::info "building ${binaries[*]} ${version} in ${tree}"
   # kubelet is dynamic upstream and kube-controller-manager static: build both
   # static so they share compiled packages (half the cold build time).
   env "${env[@]}" KUBE_STATIC_OVERRIDES="kubelet" KUBE_GIT_VERSION_FILE="${version_file}" \
     SOURCE_DATE_EPOCH="${epoch}" KUBE_VERBOSE="${KUBE_VERBOSE:-1}" \
     make -C "${tree}" WHAT="${what[*]}"
   mkdir -p "${bindir}"
-  for bin in "${RBDF_BINARIES[@]}"; do
+  for bin in "${binaries[@]}"; do
     install -m 0755 "${tree}/_output/local/go/bin/${bin}" "${bindir}/${bin}"
   done
-  rbdf::log::info "$("${bindir}/kubelet" --version) -> ${bindir}"
+  rbdf::log::info "$("${bindir}/${binaries[0]}" --version) -> ${bindir}"
 }

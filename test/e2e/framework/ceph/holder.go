@@ -55,6 +55,21 @@ type Holder struct {
 	Client  uint64
 }
 
+// HolderConfig says how a holder reaches the cluster.
+type HolderConfig struct {
+	// Conf is a ceph.conf naming the monitors (Cluster.ClientConf).
+	Conf string
+	// User (without "client.") and KeyFile, a file holding its cephx key.
+	User, KeyFile string
+	Pool          string
+	// Log receives the holder's error output.
+	Log string
+	// OwnProcessGroup puts the holder in a process group of its own (so a
+	// test can kill it alone); otherwise it shares its parent's, and dies
+	// with it when the group is killed.
+	OwnProcessGroup bool
+}
+
 // Hold starts a client that opens image as the cluster's user and returns
 // once the image is open (its watch registered).
 func (c *Cluster) Hold(image string) (*Holder, error) {
@@ -62,8 +77,15 @@ func (c *Cluster) Hold(image string) (*Holder, error) {
 	if err := os.WriteFile(keyFile, []byte(c.UserKey), 0o600); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, c.ClientConf, c.opts.User, keyFile, c.opts.Pool, image)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return StartHolder(HolderConfig{Conf: c.ClientConf, User: c.opts.User, KeyFile: keyFile, Pool: c.opts.Pool,
+		Log: filepath.Join(c.opts.Dir, "log", "holder.out"), OwnProcessGroup: true}, image)
+}
+
+// StartHolder starts a client that opens image and returns once the image is
+// open (its watch registered).
+func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
+	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: cfg.OwnProcessGroup}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -72,7 +94,7 @@ func (c *Cluster) Hold(image string) (*Holder, error) {
 	if err != nil {
 		return nil, err
 	}
-	logFile, err := os.OpenFile(filepath.Join(c.opts.Dir, "log", "holder.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logFile, err := os.OpenFile(cfg.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +120,7 @@ func (c *Cluster) Hold(image string) (*Holder, error) {
 		f := strings.Fields(l)
 		if !ok || len(f) != 3 || f[0] != "open" {
 			h.Kill()
-			return nil, fmt.Errorf("the librbd holder did not open %s (%q); see %s", image, l, logFile.Name())
+			return nil, fmt.Errorf("the librbd holder did not open %s (%q); see %s", image, l, cfg.Log)
 		}
 		h.Address = f[1]
 		if h.Client, err = strconv.ParseUint(f[2], 10, 64); err != nil {
@@ -118,7 +140,10 @@ func (h *Holder) Pid() int { return h.cmd.Process.Pid }
 // Kill ends the holder at once, as a node losing power: its watch stays
 // until the OSD's watch timeout expires.
 func (h *Holder) Kill() {
-	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+	if h.cmd.SysProcAttr.Setpgid {
+		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	_ = h.cmd.Process.Kill()
 }
 
 // Close closes the image cleanly, which removes the watch at once.

@@ -1,0 +1,31 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Command etcd is etcd's own server, built at the version the pinned
+// Kubernetes tree requires (go.etcd.io/etcd/server/v3), for the end-to-end
+// control plane. Debian's etcd-server is a different release line and not
+// the one kube-apiserver is tested against.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() {
+	etcdmain.Main(os.Args)
+}

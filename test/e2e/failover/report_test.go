@@ -1,0 +1,117 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package failover
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// row is one scenario against one build in the report.
+type row struct {
+	scenario, build string
+	outcome         string
+	// powerOffToNotReady: from the power cut (or partition) to the Node's
+	// Ready condition leaving True.
+	powerOffToNotReady time.Duration
+	// boundToAttach: from the replacement pod being bound to its node to
+	// the controller listing the volume in that node's volumesAttached.
+	boundToAttach time.Duration
+	// watchExpiryToMap: from the old mapping's watch leaving the image to
+	// the new node's mapping.
+	watchExpiryToMap time.Duration
+	doubles, samples int
+	notes            []string
+}
+
+func (r *row) note(format string, args ...interface{}) {
+	r.notes = append(r.notes, fmt.Sprintf(format, args...))
+}
+
+// report collects rows and writes them as Markdown.
+type report struct {
+	path   string
+	mu     sync.Mutex
+	head   []string
+	rows   []*row
+	titles map[string]string
+}
+
+var scenarioTitles = map[string]string{
+	"a": "node-a powered off",
+	"b": "split brain: node-a partitioned, Ceph kept",
+	"c": "healthy race: second pod on node-b",
+	"d": "(a) with kube-controller-manager restarted",
+	"e": "(a) with the PV marked ReadWriteMany",
+}
+
+func newReport(path string) *report { return &report{path: path} }
+
+func (r *report) header(cephVersion, kubeVersion string, watchTimeout, cephReady, cpReady time.Duration) {
+	r.head = append(r.head,
+		"# Node failure end to end (real Ceph, real control plane, simulated nodes)",
+		"",
+		fmt.Sprintf("- Ceph %s (1 mon, 1 memstore OSD, 127.0.0.1), osd_client_watch_timeout %v; started in %v",
+			cephVersion, watchTimeout, cephReady.Round(100*time.Millisecond)),
+		fmt.Sprintf("- etcd and kube-apiserver %s started in %v; kube-controller-manager: node-monitor-grace-period 10s, "+
+			"controllers attachdetach, nodelifecycle, taint-eviction-controller, podgc", kubeVersion, cpReady.Round(100*time.Millisecond)),
+		"- nodes: test/e2e/cmd/rbd-node-agent (heartbeat 1 s, the patched RBD plugin's WaitForAttach, a librbd client as the mapping)",
+		"")
+}
+
+func (r *report) row(scenario, build string) *row {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	x := &row{scenario: scenario, build: build, outcome: "did not finish (see the test log)"}
+	r.rows = append(r.rows, x)
+	return x
+}
+
+func dur(d time.Duration) string {
+	if d == 0 {
+		return "–"
+	}
+	return d.Round(100 * time.Millisecond).String()
+}
+
+func (r *report) write() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sort.SliceStable(r.rows, func(i, j int) bool { return r.rows[i].scenario < r.rows[j].scenario })
+	var b strings.Builder
+	for _, l := range r.head {
+		b.WriteString(l + "\n")
+	}
+	b.WriteString("| scenario | build | outcome | power-off → NotReady | replacement bound → attach | old watch gone → new map | double mappings (samples) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|\n")
+	for _, x := range r.rows {
+		fmt.Fprintf(&b, "| %s: %s | %s | %s | %s | %s | %s | %d (%d) |\n", x.scenario, scenarioTitles[x.scenario], x.build,
+			x.outcome, dur(x.powerOffToNotReady), dur(x.boundToAttach), dur(x.watchExpiryToMap), x.doubles, x.samples)
+	}
+	b.WriteString("\n")
+	for _, x := range r.rows {
+		for _, n := range x.notes {
+			fmt.Fprintf(&b, "- %s/%s: %s\n", x.scenario, x.build, n)
+		}
+	}
+	fmt.Print(b.String())
+	_ = os.WriteFile(r.path, []byte(b.String()), 0o644)
+}

@@ -1,0 +1,202 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Package process starts the end-to-end harness's daemons (etcd,
+// kube-apiserver, kube-controller-manager, node agents): each in its own
+// process group with its output in a log file, recorded so that a later run
+// can kill what an aborted run left behind.
+package process
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Process is a running daemon.
+type Process struct {
+	Name string
+	// Log is the file that holds its stdout and stderr.
+	Log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// registry is the file listing the pids of running daemons, shared by runs.
+var (
+	registryMu sync.Mutex
+	registry   string
+)
+
+// SetRegistry names the file that records running daemons and kills every
+// daemon an earlier run recorded there and left running.
+func SetRegistry(path string) error {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	registry = path
+	data, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	s := bufio.NewScanner(bytes.NewReader(data))
+	for s.Scan() {
+		f := strings.SplitN(s.Text(), " ", 2)
+		pid, err := strconv.Atoi(f[0])
+		if err != nil || len(f) != 2 {
+			continue
+		}
+		// Only a process that still runs the recorded command: the pid may
+		// have been reused since.
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil &&
+			strings.HasPrefix(string(cmdline), f[1]+"\x00") {
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, nil, 0o644)
+}
+
+func record(pid int, bin string) {
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if registry == "" {
+		return
+	}
+	f, err := os.OpenFile(registry, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%d %s\n", pid, bin)
+}
+
+// Start runs argv in its own process group with env added to the harness's
+// environment and its output appended to logDir/name.log.
+func Start(name, logDir string, env []string, argv ...string) (*Process, error) {
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(logDir, name+".log")
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, fmt.Errorf("start %s (%s): %v", name, argv[0], err)
+	}
+	record(cmd.Process.Pid, argv[0])
+	p := &Process{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		out.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// Pid is the process id, also its process group id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Signal sends sig to the process alone.
+func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Kill ends the whole process group at once, as a power cut would, and
+// waits until the process is gone.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	<-p.done
+}
+
+// Stop asks the process to end (SIGTERM), kills its group after grace, and
+// kills what is left of its group either way.
+func (p *Process) Stop(grace time.Duration) {
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+	}
+	p.Kill()
+}
+
+// LogTail returns the last n lines of the log.
+func (p *Process) LogTail(n int) string {
+	data, err := os.ReadFile(p.Log)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", p.Log, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// WaitFor polls ready every 100 ms until it returns nil, the process exits
+// or timeout passes; the error then carries the last failure and the log's
+// tail.
+func (p *Process) WaitFor(timeout time.Duration, ready func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := ready()
+		if err == nil {
+			return nil
+		}
+		if p.Exited() {
+			return fmt.Errorf("%s exited before it was ready (%v); last lines of %s:\n%s", p.Name, err, p.Log, p.LogTail(30))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %v (%v); last lines of %s:\n%s", p.Name, timeout, err, p.Log, p.LogTail(30))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
