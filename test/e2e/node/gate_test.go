@@ -35,6 +35,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdplugin"
 )
 
@@ -67,6 +68,11 @@ func run(m *testing.M) int {
 		watchTimeout = time.Duration(n) * time.Second
 	}
 	reportPath = filepath.Join(dir, "node-report.md")
+	// Kills what an aborted earlier run left running.
+	if err := process.SetRegistry(filepath.Join(filepath.Dir(dir), "node-running.pids")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	// The kubelet's rbd reads /etc/ceph/ceph.conf; here there is none, and
 	// an empty file keeps rbd from warning about it.
 	emptyConf := filepath.Join(os.TempDir(), "kube-rbd-failover-empty-ceph.conf")

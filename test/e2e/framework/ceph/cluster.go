@@ -26,7 +26,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +33,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
 // Options configure a cluster.
@@ -91,7 +92,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	port, err := freePort()
+	port, err := process.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +254,7 @@ func (c *Cluster) daemon(name string, args ...string) (*exec.Cmd, error) {
 		out.Close()
 		return nil, fmt.Errorf("start %s: %v", name, err)
 	}
+	process.Record(cmd.Process.Pid, args[0])
 	go func() { _ = cmd.Wait(); out.Close() }()
 	return cmd, nil
 }
@@ -393,13 +395,4 @@ func (c *Cluster) killLeftovers() {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -35,7 +35,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -463,9 +462,11 @@ func (a *Agent) attachFailed(name string, err error) {
 	_ = a.writeState()
 }
 
+// readOnlyMap reports whether an rbd map maps read-only: the plugin passes
+// --read-only (rbd_access.go).
 func readOnlyMap(args []string) bool {
 	for _, arg := range args {
-		if arg == "--read-only" || arg == "ro" || strings.HasPrefix(arg, "ro,") {
+		if arg == "--read-only" {
 			return true
 		}
 	}

@@ -81,7 +81,8 @@ func SetRegistry(path string) error {
 	return os.WriteFile(path, nil, 0o644)
 }
 
-func record(pid int, bin string) {
+// Record adds a daemon started elsewhere (the Ceph daemons) to the registry.
+func Record(pid int, bin string) {
 	registryMu.Lock()
 	defer registryMu.Unlock()
 	if registry == "" {
@@ -114,7 +115,7 @@ func Start(name, logDir string, env []string, argv ...string) (*Process, error) 
 		out.Close()
 		return nil, fmt.Errorf("start %s (%s): %v", name, argv[0], err)
 	}
-	record(cmd.Process.Pid, argv[0])
+	Record(cmd.Process.Pid, argv[0])
 	p := &Process{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
