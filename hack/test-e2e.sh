@@ -51,7 +51,7 @@ e2e() {
 }
 
 start="$(date +%s)"
-rbdf::test::gojson "e2e (${RBDF_LINE}, real Ceph)" "${E2E_DIR}/failed" e2e
+rbdf::test::gojson "e2e (${RBDF_LINE}, Ceph + control plane)" "${E2E_DIR}/failed" e2e
 cat "${E2E_DIR}"/*-report.md > "${RBDF_OUTPUT}/e2e/report.md" 2>/dev/null || true
 echo "- make e2e wall time: $(($(date +%s) - start)) s" >> "${RBDF_OUTPUT}/e2e/report.md"
 echo

@@ -5,7 +5,8 @@
 #     upstream's hack/make-rules/test.sh on the patched tree;
 #   - our behaviour specs (pkg/...) compiled against the patched tree;
 #   - a short fuzz run of the rbd status parsers;
-#   - the end-to-end suites against a real Ceph cluster (hack/test-e2e.sh);
+#   - the end-to-end suites against a real Ceph cluster and control plane
+#     (hack/test-e2e.sh);
 #   - hack/verify.sh, each check counted once;
 #   - the tests of this tooling (hack/test-tooling.sh);
 #   for every other line: its upstream unit tests and our specs.
@@ -138,7 +139,7 @@ for line in ${LINES:-${LINE:-$(rbdf::lines::list)}}; do
   fi
 
   echo "=== end-to-end (hack/test-e2e.sh)"
-  suite "e2e (${line}, real Ceph)" env LINE="${line}" "${RBDF_ROOT}/hack/test-e2e.sh"
+  suite "e2e (${line}, Ceph + control plane)" env LINE="${line}" "${RBDF_ROOT}/hack/test-e2e.sh"
 done
 
 echo "=== verify"
