@@ -52,7 +52,12 @@ e2e() {
 
 start="$(date +%s)"
 rbdf::test::gojson "e2e (${RBDF_LINE}, Ceph + control plane)" "${E2E_DIR}/failed" e2e
-cat "${E2E_DIR}"/*-report.md > "${RBDF_OUTPUT}/e2e/report.md" 2>/dev/null || true
+for report in "${E2E_DIR}"/*-report.md; do
+  if [[ -f "${report}" ]]; then
+    cat "${report}"
+    echo
+  fi
+done > "${RBDF_OUTPUT}/e2e/report.md"
 echo "- make e2e wall time: $(($(date +%s) - start)) s" >> "${RBDF_OUTPUT}/e2e/report.md"
 echo
 echo "=== e2e report (${RBDF_OUTPUT}/e2e/report.md)"
