@@ -265,13 +265,20 @@ func (a *Agent) sync(ctx context.Context) error {
 			if vol.PersistentVolumeClaim == nil {
 				continue
 			}
+			// Any doubt ends this round: a volume left out of desired
+			// would be unmapped under a running pod.
 			spec, err := a.specFor(ctx, pod.Namespace, vol.PersistentVolumeClaim.ClaimName, vol.PersistentVolumeClaim.ReadOnly)
 			if err != nil {
-				klog.ErrorS(err, "Cannot resolve a pod's volume", "pod", klog.KObj(pod), "volume", vol.Name)
-				continue
+				return fmt.Errorf("pod %s/%s volume %s: %v", pod.Namespace, pod.Name, vol.Name, err)
+			}
+			if spec.PersistentVolume.Spec.RBD == nil {
+				continue // only RBD is simulated
 			}
 			plugin, err := a.plugins.FindAttachablePluginBySpec(spec)
-			if err != nil || plugin == nil {
+			if err != nil {
+				return fmt.Errorf("pod %s/%s volume %s: %v", pod.Namespace, pod.Name, vol.Name, err)
+			}
+			if plugin == nil {
 				continue
 			}
 			unique, err := volumeutil.GetUniqueVolumeNameFromSpec(plugin, spec)
