@@ -83,6 +83,9 @@ func newScenario(ctx context.Context, t *testing.T, kcm *controlplane.Controller
 	})
 	s.mon = startMonitor(s)
 	t.Cleanup(s.mon.stop)
+	// The monitor must see node-a's mapping among the image's watchers, or
+	// it could not see a double mapping either.
+	s.waitFor("the safety monitor seeing node-a's watch", 15*time.Second, s.mon.sawOldWatch)
 	return s
 }
 
@@ -328,6 +331,7 @@ type monitor struct {
 	doubles        int
 	doubleDetail   string
 	oldWatchGoneAt time.Time
+	oldWatchSeen   bool
 	oldClient      uint64
 	errors         int
 }
@@ -383,7 +387,10 @@ func (m *monitor) sample() {
 	for _, w := range watchers {
 		watching[w.Client] = true
 	}
-	if m.oldClient != 0 && !watching[m.oldClient] && m.oldWatchGoneAt.IsZero() {
+	if m.oldClient != 0 && watching[m.oldClient] {
+		m.oldWatchSeen = true
+	}
+	if m.oldWatchSeen && !watching[m.oldClient] && m.oldWatchGoneAt.IsZero() {
 		m.oldWatchGoneAt = now
 	}
 	live, watched := 0, 0
@@ -427,6 +434,12 @@ func (m *monitor) finish() {
 	if m.samples-m.errors < 5 {
 		m.s.t.Errorf("the safety monitor could read the image's watchers only %d of %d times", m.samples-m.errors, m.samples)
 	}
+}
+
+func (m *monitor) sawOldWatch() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.oldWatchSeen
 }
 
 func (m *monitor) watchGone() time.Time {

@@ -26,9 +26,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -71,14 +69,10 @@ func run(m *testing.M) int {
 		env.dir = filepath.Join(os.TempDir(), "kube-rbd-failover-e2e")
 	}
 	env.dir = filepath.Join(env.dir, "failover")
-	env.watchTimeout = 30 * time.Second
-	if s := os.Getenv("WATCH_TIMEOUT"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			fmt.Fprintf(os.Stderr, "WATCH_TIMEOUT=%q: want a number of seconds\n", s)
-			return 2
-		}
-		env.watchTimeout = time.Duration(n) * time.Second
+	var err error
+	if env.watchTimeout, err = ceph.WatchTimeoutFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
 	var missing []string
 	for _, v := range binaryVars {
@@ -140,7 +134,7 @@ func setUp(m *testing.M) int {
 		return 1
 	}
 	env.report = newReport(filepath.Join(filepath.Dir(env.dir), "failover-report.md"))
-	env.report.header(cephVersion(), apiserverVersion(), env.watchTimeout, cephReady, cpReady)
+	env.report.header(ceph.Version(), apiserverVersion(), env.watchTimeout, cephReady, cpReady)
 	code := m.Run()
 	env.report.write()
 	return code
@@ -158,14 +152,6 @@ func createSecret(ctx context.Context) error {
 		Data:       map[string][]byte{"key": []byte(env.cluster.UserKey)},
 	}, metav1.CreateOptions{})
 	return err
-}
-
-func cephVersion() string {
-	out, err := exec.Command("ceph", "--version").Output()
-	if f := strings.Fields(string(out)); err == nil && len(f) >= 3 {
-		return f[2]
-	}
-	return "(unknown)"
 }
 
 func apiserverVersion() string {

@@ -25,9 +25,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +40,7 @@ import (
 var (
 	cluster *ceph.Cluster
 	// watchTimeout is the OSD's osd_client_watch_timeout for this run.
-	watchTimeout = 10 * time.Second
+	watchTimeout time.Duration
 	reportPath   string
 )
 
@@ -59,13 +57,10 @@ func run(m *testing.M) int {
 	if dir == "" {
 		dir = filepath.Join(os.TempDir(), "kube-rbd-failover-e2e")
 	}
-	if s := os.Getenv("WATCH_TIMEOUT"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			fmt.Fprintf(os.Stderr, "WATCH_TIMEOUT=%q: want a number of seconds\n", s)
-			return 2
-		}
-		watchTimeout = time.Duration(n) * time.Second
+	var err error
+	if watchTimeout, err = ceph.WatchTimeoutFromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
 	reportPath = filepath.Join(dir, "node-report.md")
 	// Kills what an aborted earlier run left running.
@@ -85,13 +80,12 @@ func run(m *testing.M) int {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var err error
 	cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(dir, "ceph"), WatchTimeout: watchTimeout})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n(logs in %s)\n", err, filepath.Join(dir, "ceph", "log"))
 		return 1
 	}
-	report("# Node-side e2e (real Ceph %s, patched RBD plugin)\n\n", cephVersion())
+	report("# Node-side e2e (real Ceph %s, patched RBD plugin)\n\n", ceph.Version())
 	report("- cluster started in %v; osd_client_watch_timeout %v\n", time.Since(start).Round(time.Millisecond), watchTimeout)
 	code := m.Run()
 	cluster.Stop()
@@ -101,15 +95,6 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "Ceph logs kept in %s\n", filepath.Join(dir, "ceph", "log"))
 	}
 	return code
-}
-
-// cephVersion returns the version the ceph CLI reports, e.g. "16.2.15".
-func cephVersion() string {
-	out, err := exec.Command("ceph", "--version").Output()
-	if f := strings.Fields(string(out)); err == nil && len(f) >= 3 {
-		return f[2]
-	}
-	return "(unknown version)"
 }
 
 // report appends a line to the node-side report and prints it.
