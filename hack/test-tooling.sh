@@ -7,6 +7,8 @@ set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
+# shellcheck source=hack/lib/test.sh
+source "${RBDF_ROOT}/hack/lib/test.sh"
 
 rbdf::lines::setup "${RBDF_PRIMARY_LINE}"
 [[ -d "${RBDF_TREE}/.git" ]] || rbdf::tree::materialise >/dev/null
@@ -114,6 +116,50 @@ expect "kube-tree refuses a tree with commits not in the series" fail \
 expect "update-patches exports the new commit" 0 \
   "exported $(($(rbdf::tree::series_files | wc -l) + 1)) patch(es)" hack/update-patches.sh
 expect "kube-tree accepts the tree once exported" 0 "series applied" hack/kube-tree.sh
+
+# The test report counts leaf tests and names each failure with its first
+# error line (or the package's panic); the summary lists them above its last
+# line, so the tail of a long log says what failed.
+report="$(rbdf::test::testreport)"
+cat > "${scratch}/events.json" <<'JSON'
+{"Action":"run","Package":"p","Test":"TestA"}
+{"Action":"run","Package":"p","Test":"TestA/sub"}
+{"Action":"output","Package":"p","Test":"TestA/sub","Output":"    a_test.go:7: want 1, got 2\n"}
+{"Action":"output","Package":"p","Test":"TestA/sub","Output":"    a_test.go:9: second error\n"}
+{"Action":"fail","Package":"p","Test":"TestA/sub"}
+{"Action":"fail","Package":"p","Test":"TestA"}
+{"Action":"run","Package":"p","Test":"TestB"}
+{"Action":"pass","Package":"p","Test":"TestB"}
+{"Action":"fail","Package":"p"}
+{"Action":"run","Package":"q","Test":"TestC"}
+{"Action":"output","Package":"q","Test":"TestC","Output":"panic: boom\n"}
+{"Action":"fail","Package":"q"}
+JSON
+"${report}" -counts "${scratch}/counts" -failed "${scratch}/failed" -reasons "${scratch}/reasons" \
+  < "${scratch}/events.json" > /dev/null
+if [[ "$(cat "${scratch}/counts")" == "1 2 0" ]] &&
+  grep -qx 'p TestA/sub: a_test.go:7: want 1, got 2' "${scratch}/reasons" &&
+  grep -qx 'q TestC: panic: boom' "${scratch}/reasons" &&
+  [[ "$(cat "${scratch}/failed")" == $'p TestA/sub\nq TestC' ]]; then
+  echo "PASS: the test report counts leaf tests and gives each failure its first error line"
+else
+  echo "FAIL: the test report's counts or reasons are wrong"
+  cat "${scratch}/counts" "${scratch}/failed" "${scratch}/reasons" | while IFS= read -r l; do echo "    | ${l}"; done
+  failures=$((failures + 1))
+fi
+summary="$(
+  # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
+  events() { cat "${scratch}/events.json"; }
+  rbdf::test::gojson "s" "${scratch}/s.failed" events > /dev/null
+  rbdf::test::summary || true
+)"
+if [[ "$(tail -n 3 <<<"${summary}")" == $'FAILED s: p TestA/sub: a_test.go:7: want 1, got 2\nFAILED s: q TestC: panic: boom\n1 passed, 2 failed' ]]; then
+  echo "PASS: the summary lists each failure above its last line"
+else
+  echo "FAIL: the summary does not list the failures"
+  while IFS= read -r l; do echo "    | ${l}"; done <<<"${summary}"
+  failures=$((failures + 1))
+fi
 
 fresh_copy
 # make dist's quilt folder applies with quilt to the unpacked upstream source

@@ -96,13 +96,15 @@ check() {
     rbdf::test::record "${name}" 1 0
   else
     rbdf::test::record "${name}" 0 1
+    rbdf::test::failure "${name}" "exit status non-zero (see the log above)"
   fi
 }
 
 # suite NAME SCRIPT runs a script that ends with "N passed, N failed" and
-# records its counts (one failure if it printed none).
+# records its counts and its listed failures (one failure if it printed no
+# counts).
 suite() {
-  local name="$1" out counts p f
+  local name="$1" out counts p f line
   shift
   out="$(mktemp)"
   "$@" > >(tee "${out}") || true
@@ -110,8 +112,12 @@ suite() {
   if counts="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "${out}" | tail -n1)"; then
     read -r p _ f _ <<<"${counts//,/}"
     rbdf::test::record "${name}" "${p}" "${f}"
+    while IFS= read -r line; do
+      RBDF_TALLY_FAILURES+=("${line}")
+    done < <(grep '^FAILED ' "${out}" || true)
   else
     rbdf::test::record "${name}" 0 1
+    rbdf::test::failure "${name}" "no \"N passed, N failed\" line (see the log above)"
   fi
   rm -f "${out}"
 }
@@ -155,8 +161,14 @@ wait
 tool_passed="$(grep -c '^PASS: ' "${tooling}" || true)"
 tool_failed="$(grep -c '^FAIL: ' "${tooling}" || true)"
 # A crash that reported no case still fails the run.
-((rc != 0 && tool_failed == 0)) && tool_failed=1
+if ((rc != 0 && tool_failed == 0)); then
+  tool_failed=1
+  rbdf::test::failure "tooling tests" "exited ${rc} before reporting a failing case"
+fi
 rbdf::test::record "tooling tests (hack/test-tooling.sh)" "${tool_passed}" "${tool_failed}"
+while IFS= read -r case; do
+  rbdf::test::failure "tooling tests" "${case#FAIL: }"
+done < <(grep '^FAIL: ' "${tooling}" || true)
 rm -f "${tooling}"
 
 rbdf::test::summary

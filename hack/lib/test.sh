@@ -4,6 +4,11 @@
 RBDF_TALLY_PASSED=0
 RBDF_TALLY_FAILED=0
 RBDF_TALLY_LINES=()
+# "FAILED <suite>: <test>: <first error line>", listed under the summary so
+# that the last lines of a long log say what failed.
+RBDF_TALLY_FAILURES=()
+# Failures listed by name in the summary; the rest are counted.
+readonly RBDF_TALLY_MAX_LISTED=10
 
 # rbdf::test::record SUITE PASSED FAILED adds a suite's counts to the tally.
 rbdf::test::record() {
@@ -18,6 +23,11 @@ rbdf::test::summary() {
   echo
   echo "=== summary"
   printf '%s\n' "${RBDF_TALLY_LINES[@]}"
+  local n="${#RBDF_TALLY_FAILURES[@]}"
+  if ((n > 0)); then
+    printf '%s\n' "${RBDF_TALLY_FAILURES[@]:0:RBDF_TALLY_MAX_LISTED}"
+    ((n <= RBDF_TALLY_MAX_LISTED)) || echo "FAILED … and $((n - RBDF_TALLY_MAX_LISTED)) more (see the log above)"
+  fi
   echo "${RBDF_TALLY_PASSED} passed, ${RBDF_TALLY_FAILED} failed"
   ((RBDF_TALLY_FAILED == 0))
 }
@@ -29,9 +39,15 @@ rbdf::test::testreport() {
   echo "${bin}"
 }
 
+# rbdf::test::failure SUITE WHAT lists a failure under the summary.
+rbdf::test::failure() {
+  RBDF_TALLY_FAILURES+=("FAILED $1: $2")
+}
+
 # rbdf::test::gojson SUITE FAILED_FILE CMD... runs CMD (which prints go test
 # -json), shows its output, records leaf-test counts under SUITE and writes
-# the failing tests to FAILED_FILE.
+# the failing tests to FAILED_FILE (with their first error lines to
+# FAILED_FILE.reasons).
 rbdf::test::gojson() {
   local suite="$1" failed_file="$2" report counts
   shift 2
@@ -39,10 +55,15 @@ rbdf::test::gojson() {
   counts="$(mktemp)"
   # The command's exit code is reflected in the counts (a failed package
   # without a failing test counts once), so it is not needed here.
-  "$@" | "${report}" -counts "${counts}" -failed "${failed_file}" || true
+  "$@" | "${report}" -counts "${counts}" -failed "${failed_file}" -reasons "${failed_file}.reasons" || true
   if [[ ! -s "${counts}" ]]; then
     echo "0 1 0" > "${counts}"
+    echo "the test report was not written (see the log above)" > "${failed_file}.reasons"
   fi
+  local reason
+  while IFS= read -r reason; do
+    rbdf::test::failure "${suite}" "${reason}"
+  done < <(cat "${failed_file}.reasons" 2>/dev/null)
   read -r p f _ < "${counts}"
   rm -f "${counts}"
   rbdf::test::record "${suite}" "${p}" "${f}"

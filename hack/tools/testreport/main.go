@@ -17,8 +17,10 @@ limitations under the License.
 // Command testreport reads "go test -json" on stdin, prints the tests' own
 // output as go test would, and counts leaf tests (tests with no subtests).
 // It writes "PASSED FAILED SKIPPED" to -counts and the failing leaf tests, one
-// "package TestName/sub" a line, to -failed. A package that fails without a
-// failing test (a build error, a panic) counts as one failure.
+// "package TestName/sub" a line, to -failed; -reasons gets the same lines,
+// each followed by ": " and the test's first error line, so that a failure
+// can be told from the last lines of a long log. A package that fails
+// without a failing test (a build error, a panic) counts as one failure.
 package main
 
 import (
@@ -28,9 +30,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 )
+
+// errorLine matches what t.Error and t.Fatal print: "    file_test.go:12: msg".
+var errorLine = regexp.MustCompile(`^\s+[\w.-]+\.go:\d+: \S`)
+
+// maxReason bounds a reason line; the whole message is in the log above.
+const maxReason = 240
 
 type event struct {
 	Action  string
@@ -41,19 +50,22 @@ type event struct {
 
 type result struct {
 	leaves  map[string]string // test -> action, for every test seen
+	reasons map[string]string // test -> its first error line
+	panic   string            // the package's first "panic:" line
 	pkgFail bool
 }
 
 func main() {
 	countsPath := flag.String("counts", "", "write 'passed failed skipped' to this file")
 	failedPath := flag.String("failed", "", "write failing leaf tests to this file")
+	reasonsPath := flag.String("reasons", "", "write failing leaf tests with their first error line to this file")
 	flag.Parse()
 
 	results := map[string]*result{}
 	get := func(pkg string) *result {
 		r, ok := results[pkg]
 		if !ok {
-			r = &result{leaves: map[string]string{}}
+			r = &result{leaves: map[string]string{}, reasons: map[string]string{}}
 			results[pkg] = r
 		}
 		return r
@@ -80,7 +92,7 @@ func main() {
 	}
 
 	passed, failed, skipped := 0, 0, 0
-	var failures []string
+	var failures, reasons []string
 	pkgs := make([]string, 0, len(results))
 	for pkg := range results {
 		pkgs = append(pkgs, pkg)
@@ -102,14 +114,17 @@ func main() {
 				failed++
 				pkgFailures++
 				failures = append(failures, pkg+" "+test)
+				reasons = append(reasons, withReason(pkg+" "+test, r.reasons[test], action, r.panic))
 			}
 		}
 		if r.pkgFail && pkgFailures == 0 {
 			failed++
 			failures = append(failures, pkg+" (package)")
+			reasons = append(reasons, withReason(pkg+" (package)", "", "fail", r.panic))
 		}
 	}
 	sort.Strings(failures)
+	sort.Strings(reasons)
 	if *countsPath != "" {
 		write(*countsPath, fmt.Sprintf("%d %d %d\n", passed, failed, skipped))
 	}
@@ -120,12 +135,39 @@ func main() {
 		}
 		write(*failedPath, content)
 	}
+	if *reasonsPath != "" {
+		write(*reasonsPath, strings.Join(append(reasons, ""), "\n"))
+	}
+}
+
+// withReason is "name: reason", where the reason is the test's first error
+// line, else the package's panic, else what became of the test.
+func withReason(name, reason, action, panicLine string) string {
+	switch {
+	case reason != "":
+	case panicLine != "":
+		reason = panicLine
+	case action == "fail":
+		reason = "failed without an error line (see the log)"
+	default:
+		reason = "never finished (a panic or a timeout; see the log)"
+	}
+	if r := []rune(reason); len(r) > maxReason {
+		reason = string(r[:maxReason]) + "…"
+	}
+	return name + ": " + reason
 }
 
 func handle(r *result, ev event) {
 	switch ev.Action {
 	case "output":
 		fmt.Print(ev.Output)
+		if ev.Test != "" && r.reasons[ev.Test] == "" && errorLine.MatchString(ev.Output) {
+			r.reasons[ev.Test] = strings.TrimSpace(ev.Output)
+		}
+		if r.panic == "" && strings.HasPrefix(ev.Output, "panic: ") {
+			r.panic = strings.TrimSpace(ev.Output)
+		}
 	case "run":
 		if _, ok := r.leaves[ev.Test]; !ok {
 			r.leaves[ev.Test] = "run"
