@@ -24,7 +24,7 @@ for flavor in stock patched; do
   tree="${RBDF_TREE}"
   [[ "${flavor}" == stock ]] && tree="${RBDF_STOCK_TREE}"
   modfile="$(rbdf::golang::modfile "${tree}" "${flavor}")"
-  GOFLAGS=-mod=mod go test -c -o "${out}/${flavor}.test" -modfile="${modfile}" ./pkg/controller/volume/attachdetach/
+  GOFLAGS=-mod=readonly go test -c -o "${out}/${flavor}.test" -modfile="${modfile}" ./pkg/controller/volume/attachdetach/
   : > "${out}/${flavor}.txt"
 done
 for ((i = 1; i <= ${COUNT:-10}; i++)); do

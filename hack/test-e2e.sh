@@ -36,8 +36,8 @@ rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin"
 rbdf::tree::stock
 rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
-(cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go build -modfile="${modfile}" -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd)
-(cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go build -modfile="${modfile}" -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent)
+(cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${modfile}" -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd)
+(cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${modfile}" -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent)
 export E2E_ETCD="${e2e_bin}/etcd"
 export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
 export E2E_KCM_PATCHED="${RBDF_LINE_OUTPUT}/bin/kube-controller-manager"
@@ -46,7 +46,7 @@ export E2E_NODE_AGENT="${e2e_bin}/rbd-node-agent"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e() {
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
     -modfile="${modfile}" ./test/e2e/... 2>&1
 }
 

@@ -23,7 +23,7 @@ mkdir -p "${logs}"
 stock_specs() {
   local modfile
   modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json -tags "${RBDF_GOTAGS}" -modfile="${modfile}" ./pkg/... 2>&1
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go test -json -tags "${RBDF_GOTAGS}" -modfile="${modfile}" ./pkg/... 2>&1
 }
 
 echo "=== behaviour specs (pkg/...) against stock ${RBDF_KUBE_VERSION}"

@@ -65,7 +65,7 @@ specs() {
   local modfile race=()
   modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
   [[ "${RACE:-}" == 1 ]] && race=(-race)
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go test -json "${race[@]}" -tags "${RBDF_GOTAGS}" \
+  cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go test -json "${race[@]}" -tags "${RBDF_GOTAGS}" \
     -modfile="${modfile}" ./pkg/... 2>&1
 }
 

@@ -15,6 +15,6 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
   [[ -s "${RBDF_PATCHES}/series" ]] || continue
   rbdf::tree::materialise >/dev/null
   modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${line}")"
-  (cd "${RBDF_ROOT}" && GOFLAGS=-mod=mod go vet -tags "${RBDF_GOTAGS}" -modfile="${modfile}" "${pkgs[@]}") || failed=1
+  (cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go vet -tags "${RBDF_GOTAGS}" -modfile="${modfile}" "${pkgs[@]}") || failed=1
 done
 exit "${failed}"

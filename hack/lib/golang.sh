@@ -9,16 +9,27 @@
 # dependencies), and replaces k8s.io/kubernetes and its staging modules with
 # TREE's directories.
 rbdf::golang::modfile() {
-  local tree="$1" name="$2" dir="${RBDF_OUTPUT}/go" mod
+  local tree="$1" name="$2" dir="${RBDF_OUTPUT}/go" mod staging_version
   mkdir -p "${dir}"
+  # From v1.30 the staging modules require each other at the release's
+  # version while the tree's go.mod says v0.0.0; require that version so the
+  # file is complete and builds run with -mod=readonly.
+  staging_version="$(sed -n 's|^[[:space:]]*k8s.io/apimachinery \(v[0-9][^ ]*\)$|\1|p' \
+    "${tree}/staging/src/k8s.io/api/go.mod" | head -n1)"
   {
     sed -n '1,/^go /p' "${RBDF_ROOT}/go.mod" | grep -v '^//'
     echo
     echo "require k8s.io/kubernetes v0.0.0"
     echo
-    awk '/^require \($/ { inblock = 1; print; next }
-         inblock { print; if ($0 == ")") inblock = 0; next }
-         /^require / { print }' "${tree}/go.mod"
+    awk -v staging="$(find "${tree}/staging/src/k8s.io" -mindepth 2 -maxdepth 2 -name go.mod -printf '%h\n' | xargs -n1 basename | xargs)" \
+      -v version="${staging_version:-v0.0.0}" '
+      BEGIN { n = split(staging, s, " "); for (i = 1; i <= n; i++) is_staging["k8s.io/" s[i]] = 1 }
+      /^require \($/ { inblock = 1; print; next }
+      inblock {
+        if ($2 == "v0.0.0" && ($1 in is_staging)) sub(/v0\.0\.0/, version)
+        print; if ($0 == ")") inblock = 0; next
+      }
+      /^require / { print }' "${tree}/go.mod"
     echo
     echo "replace ("
     printf '\tk8s.io/kubernetes => %s\n' "${tree}"
