@@ -33,8 +33,16 @@ func TestCephKeyInNoLog(t *testing.T) {
 	}
 	logs := 0
 	err := filepath.WalkDir(env.dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
+		if err != nil {
 			return err
+		}
+		if d.IsDir() {
+			// The daemons' data stores, not logs: the monitor's RocksDB
+			// names its write-ahead files *.log and deletes them at will.
+			if path == filepath.Join(env.dir, "ceph", "mon") || path == filepath.Join(env.dir, "ceph", "osd") {
+				return fs.SkipDir
+			}
+			return nil
 		}
 		if !strings.HasSuffix(path, ".log") && !strings.HasSuffix(path, ".out") {
 			return nil
