@@ -64,9 +64,9 @@ func (s *scenario) loseNodeA(partition bool) {
 	} else {
 		s.nodeA.PowerOff()
 	}
-	notReady := s.waitFor("node-a NotReady", 60*time.Second, func() bool { return !s.ready(s.nodeA) })
+	notReady := s.waitFor("node-a NotReady", reactDeadline, func() bool { return !s.ready(s.nodeA) })
 	s.row.powerOffToNotReady = notReady.Sub(off)
-	s.waitFor("the old pod evicted (Terminating)", 60*time.Second, func() bool { return s.terminating(s.pod(0)) })
+	s.waitFor("the old pod evicted (Terminating)", reactDeadline, func() bool { return s.terminating(s.pod(0)) })
 }
 
 // testPowerOff is scenario (a), and with restart scenario (d): the
@@ -103,11 +103,11 @@ func testSplitBrain(ctx context.Context, t *testing.T, s *scenario) {
 		s.expectStuck(bound)
 		return
 	}
-	attachedAt := s.waitFor("attach to node-b", 60*time.Second, func() bool { return s.attached(s.nodeB) })
+	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
 	s.row.boundToAttach = attachedAt.Sub(bound)
 	s.expectEvent(s.pod(1), "FencedFailover", "unhealthy node")
 	named := fmt.Sprintf("%s (client.%d)", old.Address, old.Client)
-	s.waitFor("node-b's gate refusing with node-a's watcher named", 3*time.Minute, func() bool {
+	s.waitFor("node-b's gate refusing with node-a's watcher named", gateDeadline, func() bool {
 		return strings.Contains(s.attachError(s.nodeB), named)
 	})
 	if s.mapping(s.nodeB) != nil {
@@ -116,7 +116,7 @@ func testSplitBrain(ctx context.Context, t *testing.T, s *scenario) {
 	s.row.note("node-b's gate while node-a's client lived: %q", s.attachError(s.nodeB))
 	killed := time.Now()
 	s.nodeA.PowerOff()
-	s.waitFor("node-b mapped after node-a's client was killed", 3*time.Minute, func() bool { return s.mapping(s.nodeB) != nil })
+	s.waitFor("node-b mapped after node-a's client was killed", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
 	mp := s.mapping(s.nodeB)
 	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
 	s.row.outcome = "attached to node-b (FencedFailover); gate refused while node-a's client lived, mapped after it was killed"
@@ -143,9 +143,9 @@ func testRWXWorkaround(ctx context.Context, t *testing.T, s *scenario) {
 	off := time.Now()
 	s.nodeA.PowerOff()
 	bound := s.createPod(1, s.nodeB)
-	attachedAt := s.waitFor("attach to node-b", 60*time.Second, func() bool { return s.attached(s.nodeB) })
+	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
 	s.row.boundToAttach = attachedAt.Sub(bound)
-	s.waitFor("node-b mapped", 3*time.Minute, func() bool { return s.mapping(s.nodeB) != nil })
+	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
 	mp := s.mapping(s.nodeB)
 	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
 	s.row.outcome = "attached to node-b at once (no RWO check); the gate held the map until node-a's watch expired"
@@ -174,10 +174,10 @@ func (s *scenario) expectStuck(bound time.Time) {
 // expired (the monitor counts any overlap as a double mapping).
 func (s *scenario) expectFailover(bound time.Time) {
 	s.t.Helper()
-	attachedAt := s.waitFor("attach to node-b", 60*time.Second, func() bool { return s.attached(s.nodeB) })
+	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
 	s.row.boundToAttach = attachedAt.Sub(bound)
 	msg := s.expectEvent(s.pod(1), "FencedFailover", "unhealthy node")
-	s.waitFor("node-b mapped", 3*time.Minute, func() bool { return s.mapping(s.nodeB) != nil })
+	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
 	mp := s.mapping(s.nodeB)
 	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
 	s.row.outcome = "failed over: attached to node-b (FencedFailover), mapped after node-a's watch expired"
@@ -190,7 +190,7 @@ func (s *scenario) expectFailover(bound time.Time) {
 func (s *scenario) expectEvent(pod, reason, want string) string {
 	s.t.Helper()
 	var msg string
-	s.waitFor(fmt.Sprintf("a %s event on %s", reason, pod), 60*time.Second, func() bool {
+	s.waitFor(fmt.Sprintf("a %s event on %s", reason, pod), reactDeadline, func() bool {
 		msg = s.event(pod, reason)
 		return strings.Contains(msg, want)
 	})

@@ -35,6 +35,17 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/nodeagent"
 )
 
+// Deadlines of the harness's waits. They fail only a run that is stuck (a
+// loaded machine must not fail a correct one); how long things took goes in
+// the report.
+const (
+	// reactDeadline: a controller or a node agent acting on a change.
+	reactDeadline = 2 * time.Minute
+	// gateDeadline: a node's watcher gate running its whole backoff, and
+	// the retry after it.
+	gateDeadline = 3 * time.Minute
+)
+
 // scenario is one scenario run against one build.
 type scenario struct {
 	t     *testing.T
@@ -75,17 +86,17 @@ func newScenario(ctx context.Context, t *testing.T, kcm *controlplane.Controller
 	}
 	t.Cleanup(s.nodeB.PowerOff)
 	t.Cleanup(s.deleteObjects)
-	s.waitFor("both nodes Ready", 30*time.Second, func() bool { return s.ready(s.nodeA) && s.ready(s.nodeB) })
+	s.waitFor("both nodes Ready", reactDeadline, func() bool { return s.ready(s.nodeA) && s.ready(s.nodeB) })
 	s.createVolume(accessMode)
 	s.createPod(0, s.nodeA)
-	s.waitFor("node-a mapped the image and runs the pod", 60*time.Second, func() bool {
+	s.waitFor("node-a mapped the image and runs the pod", reactDeadline, func() bool {
 		return s.mapping(s.nodeA) != nil && s.running(s.pod(0))
 	})
 	s.mon = startMonitor(s)
 	t.Cleanup(s.mon.stop)
 	// The monitor must see node-a's mapping among the image's watchers, or
 	// it could not see a double mapping either.
-	s.waitFor("the safety monitor seeing node-a's watch", 15*time.Second, s.mon.sawOldWatch)
+	s.waitFor("the safety monitor seeing node-a's watch", reactDeadline, s.mon.sawOldWatch)
 	return s
 }
 
@@ -177,16 +188,19 @@ func (s *scenario) waitFor(what string, timeout time.Duration, cond func() bool)
 	return time.Now()
 }
 
-// holdsFor reports whether cond stays false for d.
+// neverWithin reports whether cond stays false for d; it checks at least
+// once, also when d is not positive.
 func (s *scenario) neverWithin(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
+	for {
 		if cond() {
 			return false
 		}
+		if !time.Now().Before(deadline) {
+			return true
+		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return true
 }
 
 func (s *scenario) node(n *nodeagent.Node) *v1.Node {
