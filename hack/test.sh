@@ -104,7 +104,7 @@ check() {
 # records its counts and its listed failures (one failure if it printed no
 # counts).
 suite() {
-  local name="$1" out counts p f line
+  local name="$1" out counts p f listed
   shift
   out="$(mktemp)"
   "$@" > >(tee "${out}") || true
@@ -112,8 +112,8 @@ suite() {
   if counts="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "${out}" | tail -n1)"; then
     read -r p _ f _ <<<"${counts//,/}"
     rbdf::test::record "${name}" "${p}" "${f}"
-    while IFS= read -r line; do
-      RBDF_TALLY_FAILURES+=("${line}")
+    while IFS= read -r listed; do
+      RBDF_TALLY_FAILURES+=("${listed}")
     done < <(grep '^FAILED ' "${out}" || true)
   else
     rbdf::test::record "${name}" 0 1
