@@ -2,7 +2,9 @@
 # Tests of the patch-queue tooling itself. Each case runs the real scripts on
 # a scratch copy of the repository (hack/, patches/, PATCHES.md, go.mod) with
 # a clone of the primary line's materialised tree, breaks one thing and
-# checks that the right script fails and says why. Prints PASS:/FAIL: lines.
+# checks that the right script fails and says why; two cases check the test
+# report and summary on a recorded go test -json stream. Prints PASS:/FAIL:
+# lines.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh

@@ -10,7 +10,12 @@
 # TREE's directories.
 rbdf::golang::modfile() {
   local tree="$1" name="$2" dir="${RBDF_OUTPUT}/go" mod staging_version
+  local -a staging=()
   mkdir -p "${dir}"
+  for mod in "${tree}"/staging/src/k8s.io/*/; do
+    mod="$(basename "${mod}")"
+    [[ -f "${tree}/staging/src/k8s.io/${mod}/go.mod" ]] && staging+=("${mod}")
+  done
   # From v1.30 the staging modules require each other at the release's
   # version while the tree's go.mod says v0.0.0; require that version so the
   # file is complete and builds run with -mod=readonly.
@@ -21,8 +26,7 @@ rbdf::golang::modfile() {
     echo
     echo "require k8s.io/kubernetes v0.0.0"
     echo
-    awk -v staging="$(find "${tree}/staging/src/k8s.io" -mindepth 2 -maxdepth 2 -name go.mod -printf '%h\n' | xargs -n1 basename | xargs)" \
-      -v version="${staging_version:-v0.0.0}" '
+    awk -v staging="${staging[*]}" -v version="${staging_version:-v0.0.0}" '
       BEGIN { n = split(staging, s, " "); for (i = 1; i <= n; i++) is_staging["k8s.io/" s[i]] = 1 }
       /^require \($/ { inblock = 1; print; next }
       inblock {
@@ -33,9 +37,7 @@ rbdf::golang::modfile() {
     echo
     echo "replace ("
     printf '\tk8s.io/kubernetes => %s\n' "${tree}"
-    for mod in "${tree}"/staging/src/k8s.io/*/; do
-      mod="$(basename "${mod}")"
-      [[ -f "${tree}/staging/src/k8s.io/${mod}/go.mod" ]] || continue
+    for mod in "${staging[@]}"; do
       printf '\tk8s.io/%s => %s\n' "${mod}" "${tree}/staging/src/k8s.io/${mod}"
     done
     echo ")"

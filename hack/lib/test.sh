@@ -55,15 +55,16 @@ rbdf::test::gojson() {
   counts="$(mktemp)"
   # The command's exit code is reflected in the counts (a failed package
   # without a failing test counts once), so it is not needed here.
+  rm -f "${failed_file}.reasons"
   "$@" | "${report}" -counts "${counts}" -failed "${failed_file}" -reasons "${failed_file}.reasons" || true
-  if [[ ! -s "${counts}" ]]; then
+  if [[ ! -s "${counts}" || ! -f "${failed_file}.reasons" ]]; then
     echo "0 1 0" > "${counts}"
     echo "the test report was not written (see the log above)" > "${failed_file}.reasons"
   fi
   local reason
   while IFS= read -r reason; do
     rbdf::test::failure "${suite}" "${reason}"
-  done < <(cat "${failed_file}.reasons" 2>/dev/null)
+  done < "${failed_file}.reasons"
   read -r p f _ < "${counts}"
   rm -f "${counts}"
   rbdf::test::record "${suite}" "${p}" "${f}"
