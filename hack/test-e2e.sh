@@ -2,7 +2,8 @@
 # Runs the end-to-end suites under test/e2e against the patched tree, on a
 # real single-node Ceph cluster on 127.0.0.1 (Debian's ceph packages,
 # installed by hack/install-deps.sh):
-#   test/e2e/node      the patched RBD plugin's watcher gate against Ceph;
+#   test/e2e/node      the patched RBD plugin's watcher gate and fence against
+#                      Ceph (and the frozen-holder hazard with the stock one);
 #   test/e2e/failover  the node-failure scenarios on a real control plane
 #                      (etcd, kube-apiserver, stock and patched
 #                      kube-controller-manager) with simulated nodes.
@@ -50,8 +51,19 @@ e2e() {
     -modfile="${modfile}" ./test/e2e/... 2>&1
 }
 
+# The frozen-holder test once more with the plugin of the stock tree: the
+# hazard the fence removes (a stale write that lands) must show there.
+stock_modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
+# shellcheck disable=SC2317 # invoked through rbdf::test::gojson
+e2e_stock_plugin() {
+  cd "${RBDF_ROOT}" && E2E_PLUGIN=stock GOFLAGS=-mod=readonly go test -json -count=1 -timeout 10m \
+    -tags "${RBDF_GOTAGS}" -modfile="${stock_modfile}" -run '^TestFrozenHolder$' ./test/e2e/node 2>&1
+}
+
 start="$(date +%s)"
 rbdf::test::gojson "e2e (${RBDF_LINE}, Ceph + control plane)" "${E2E_DIR}/failed" e2e
+rbdf::test::gojson "e2e (${RBDF_LINE}, node side, stock plugin)" "${E2E_DIR}/failed-stock" e2e_stock_plugin
+cat "${E2E_DIR}/failed-stock" >> "${E2E_DIR}/failed"
 for report in "${E2E_DIR}"/*-report.md; do
   if [[ -f "${report}" ]]; then
     cat "${report}"

@@ -17,15 +17,12 @@ limitations under the License.
 package rbd_test
 
 import (
-	"bytes"
-	"flag"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/klog/v2"
 )
 
 var rwo = volumeUse{accessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce}}
@@ -117,19 +114,7 @@ func TestWatcherGateNamesWatchers(t *testing.T) {
 // key is on no command line and in no log line (at -v=10); rbd gets it from a
 // key file that is gone once the call returns.
 func TestNoKeyOnArgvOrInLogs(t *testing.T) {
-	var logs bytes.Buffer
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	_ = fs.Set("v", "10")
-	_ = fs.Set("logtostderr", "false")
-	_ = fs.Set("alsologtostderr", "false")
-	klog.SetOutput(&logs)
-	defer func() {
-		klog.Flush()
-		_ = fs.Set("v", "0")
-		_ = fs.Set("logtostderr", "true")
-		klog.SetOutput(os.Stderr)
-	}()
+	logs := captureLogs(t)
 
 	tools := newRBDTools()
 	tools.watchers = func(n int) int { return 1 - min(n, 1) }
@@ -137,8 +122,6 @@ func TestNoKeyOnArgvOrInLogs(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "map failed") {
 		t.Fatalf("WaitForAttach error = %v, want the scripted map failure", err)
 	}
-	klog.Flush()
-
 	rbdCalls := 0
 	for _, inv := range tools.invocations() {
 		if inv.cmd != "rbd" && inv.cmd != "rbd-nbd" {
@@ -164,10 +147,10 @@ func TestNoKeyOnArgvOrInLogs(t *testing.T) {
 	if rbdCalls < 3 {
 		t.Errorf("want at least two status checks and a map, got %d rbd calls", rbdCalls)
 	}
-	if strings.Contains(logs.String(), specKey) {
+	if strings.Contains(logs(), specKey) {
 		t.Errorf("the key is in the log output")
 	}
-	if logs.Len() == 0 {
+	if len(logs()) == 0 {
 		t.Errorf("captured no log output; the log check proves nothing")
 	}
 }

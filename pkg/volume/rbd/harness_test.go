@@ -21,6 +21,8 @@ limitations under the License.
 package rbd_test
 
 import (
+	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -34,6 +36,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/utils/exec"
+	"k8s.io/klog/v2"
 	testingexec "k8s.io/utils/exec/testing"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdplugin"
@@ -95,6 +98,14 @@ type rbdTools struct {
 	statusN  int
 
 	mapReply reply
+	// mapped: a map succeeded; watchersAfterMap then answers rbd status.
+	mapped           bool
+	watchersAfterMap int
+
+	// meta answers rbd image-meta list (none: no metadata); ceph answers
+	// each ceph call in turn (none left: success).
+	meta reply
+	ceph []reply
 }
 
 func newRBDTools() *rbdTools {
@@ -146,9 +157,22 @@ func (r *rbdTools) respond(inv invocation) reply {
 		if r.status != nil {
 			return r.status(n, json)
 		}
+		if r.mapped {
+			return statusReply(r.watchersAfterMap, json)
+		}
 		return statusReply(r.watchers(n), json)
 	case len(inv.args) > 0 && inv.args[0] == "map":
+		r.mapped = r.mapReply.rc == 0
 		return r.mapReply
+	case len(inv.args) > 1 && inv.args[0] == "image-meta" && inv.args[1] == "list":
+		return r.meta
+	case inv.cmd == "ceph":
+		if len(r.ceph) == 0 {
+			return reply{}
+		}
+		next := r.ceph[0]
+		r.ceph = r.ceph[1:]
+		return next
 	}
 	return reply{}
 }
@@ -247,6 +271,29 @@ func (r *rbdTools) invocations() []invocation {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]invocation(nil), r.calls...)
+}
+
+// captureLogs sends klog's output at -v=10 to a buffer until the test ends
+// and returns a function that reads what was logged so far.
+func captureLogs(t *testing.T) func() string {
+	t.Helper()
+	var logs bytes.Buffer
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	_ = fs.Set("v", "10")
+	_ = fs.Set("logtostderr", "false")
+	_ = fs.Set("alsologtostderr", "false")
+	klog.SetOutput(&logs)
+	t.Cleanup(func() {
+		klog.Flush()
+		_ = fs.Set("v", "0")
+		_ = fs.Set("logtostderr", "true")
+		klog.SetOutput(os.Stderr)
+	})
+	return func() string {
+		klog.Flush()
+		return logs.String()
+	}
 }
 
 // find returns the invocations of cmd whose first argument is sub.

@@ -15,10 +15,11 @@ limitations under the License.
 */
 
 // Package node holds the node-side end-to-end tests: the patched RBD
-// plugin's attach path (WaitForAttach, so the watcher gate) with the real
-// exec and the real rbd tool against a real single-node Ceph cluster. There
-// is no kernel rbd module here, so every run ends at "rbd map"; the
-// assertions are about what happens before it.
+// plugin's attach path (WaitForAttach: the watcher gate, the fence, the map
+// and the holder record) with the real exec and the real rbd and ceph tools
+// against a real single-node Ceph cluster. There is no kernel rbd module
+// here: "rbd map" runs for real and fails at the kernel step, and where a
+// test needs a mapping, a librbd client opens the image in its place.
 package node
 
 import (
@@ -85,7 +86,7 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n(logs in %s)\n", err, filepath.Join(dir, "ceph", "log"))
 		return 1
 	}
-	report("# Node-side e2e (real Ceph %s, patched RBD plugin)\n\n", ceph.Version())
+	report("# Node-side e2e (real Ceph %s, %s RBD plugin)\n\n", ceph.Version(), pluginBuild())
 	report("- cluster started in %v; osd_client_watch_timeout %v\n", time.Since(start).Round(time.Millisecond), watchTimeout)
 	code := m.Run()
 	cluster.Stop()

@@ -26,61 +26,111 @@ import (
 	volumetypes "k8s.io/kubernetes/pkg/volume/util/types"
 )
 
-// TestFencedFailover pins DESIGN.md's controller-side rules (invariants 3
-// and 4): a volume that does not allow multi-attach, attached to node-a and
-// wanted by a pod on node-b, is attached to node-b only when it is RBD and
-// every node holding it is unhealthy; otherwise the Multi-Attach error of
-// upstream is reported and nothing is attached.
+// holder is a node the volume is attached to, and its pod there.
+type holder struct {
+	state nodeState
+	// pod: how the pod using the volume there looks.
+	pod podState
+}
+
+type podState int
+
+const (
+	podRunning podState = iota
+	// podDeleting: being deleted from the start (evicted, Terminating).
+	podDeleting
+	// podDeletedLater: scheduled running, then marked for deletion (the
+	// update reaches the controller's desired state as a second AddPod).
+	podDeletedLater
+)
+
+// TestFencedFailover pins the controller-side rules of docs/design.md: a
+// volume that does not allow multi-attach, attached to node-a and wanted by
+// a pod on node-b, is attached to node-b only when it is an RBD
+// PersistentVolume, every node holding it is down for good (Node deleted,
+// tainted out-of-service, or NotReady with its pod being deleted) and
+// node-b's kubelet fences; otherwise upstream's Multi-Attach error is
+// reported and nothing is attached.
 func TestFencedFailover(t *testing.T) {
 	rwo := []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce}
 	rows := []struct {
 		name     string
 		spec     func() *volume.Spec
-		nodes    map[types.NodeName]nodeState // holders; node-b is always Ready
+		holders  map[types.NodeName]holder
+		target   string // node-b's kubelet version; fencingKubelet if empty
 		gateOff  bool
 		failover bool
 		reason   string
+		// refused: the patched build says why it does not fail over.
+		refused string
 		// plainAttach: attached to node-b with neither a failover nor a
 		// Multi-Attach error.
 		plainAttach bool
 	}{
 		{name: "holder Ready gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": ready}},
-		{name: "holder NotReady fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": notReady}, failover: true, reason: "node-a (not_ready)"},
-		{name: "holder Unknown fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": unknown}, failover: true, reason: "node-a (not_ready)"},
+			holders: map[types.NodeName]holder{"node-a": {state: ready}}},
+		{name: "holder Ready with its pod being deleted gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: ready, pod: podDeleting}}},
+		{name: "holder NotReady with its pod running gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: notReady}}},
+		{name: "holder Unknown with its pod running gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: unknown}}},
+		{name: "holder NotReady with its pod being deleted fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders:  map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}},
+			failover: true, reason: "node-a (not_ready_pod_deleted)"},
+		{name: "holder Unknown with its pod being deleted fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders:  map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}},
+			failover: true, reason: "node-a (not_ready_pod_deleted)"},
+		{name: "holder Unknown whose pod is deleted later fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders:  map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeletedLater}},
+			failover: true, reason: "node-a (not_ready_pod_deleted)"},
 		{name: "holder deleted fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": deleted}, failover: true, reason: "node-a (node_deleted)"},
+			holders:  map[types.NodeName]holder{"node-a": {state: deleted}},
+			failover: true, reason: "node-a (node_deleted)"},
 		{name: "holder out-of-service fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": outOfService}, failover: true, reason: "node-a (out_of_service)"},
+			holders:  map[types.NodeName]holder{"node-a": {state: outOfService}},
+			failover: true, reason: "node-a (out_of_service)"},
+		{name: "target with a stock kubelet gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}, target: stockKubelet,
+			refused: "the kubelet of node node-b (\"v1.30.14\") does not fence"},
 		// Upstream allows multi-attach of every inline volume but Azure Disk
 		// and Cinder (util.IsMultiAttachAllowed): an inline RBD volume is
 		// attached at once, without a failover.
 		{name: "inline RBD volume is attached as upstream does", spec: rbdInline,
-			nodes: map[types.NodeName]nodeState{"node-a": ready}, plainAttach: true},
+			holders: map[types.NodeName]holder{"node-a": {state: ready}}, plainAttach: true},
 		{name: "one holder down and one up gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": notReady, "node-c": ready}},
+			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}, "node-c": {state: ready}}},
 		{name: "non-RBD RWO volume with holder down gets Multi-Attach", spec: iscsiPV,
-			nodes: map[types.NodeName]nodeState{"node-a": notReady}},
+			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}},
 		{name: "gate off gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			nodes: map[types.NodeName]nodeState{"node-a": notReady}, gateOff: true},
+			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}, gateOff: true},
 	}
 	for _, row := range rows {
 		t.Run(row.name, func(t *testing.T) {
 			setFencedFailover(t, !row.gateOff)
-			nodes := []*v1.Node{node("node-b", ready)}
-			for n, state := range row.nodes {
-				if state != deleted {
-					nodes = append(nodes, node(string(n), state))
+			target := row.target
+			if target == "" {
+				target = fencingKubelet
+			}
+			nodes := []*v1.Node{withKubelet(node("node-b", ready), target)}
+			for n, h := range row.holders {
+				if h.state != deleted {
+					nodes = append(nodes, node(string(n), h.state))
 				}
 			}
 			w := newWorld(t, nodes...)
 			var name v1.UniqueVolumeName
-			for n := range row.nodes {
+			for n, h := range row.holders {
 				spec := row.spec()
-				name = w.schedule(pod("old-"+string(n), n), spec, n)
+				old := pod("old-"+string(n), n)
+				if h.pod == podDeleting {
+					old = deleting(old)
+				}
+				name = w.schedule(old, spec, n)
 				w.attached(name, spec, n)
+				if h.pod == podDeletedLater {
+					w.schedule(deleting(old), spec, n)
+				}
 			}
 			w.schedule(pod("new", "node-b"), row.spec(), "node-b")
 
@@ -95,9 +145,10 @@ func TestFencedFailover(t *testing.T) {
 				if !w.waitFor("the attach to node-b", func() bool { return contains(w.nodesOf(name), "node-b") }) {
 					t.Fatalf("events: %q", w.events())
 				}
+				time.Sleep(settle)
 				events := w.events()
-				if !hasEvent(events, "Warning FencedFailover", row.reason, "no watcher remains") {
-					t.Errorf("no FencedFailover event naming %s; events: %q", row.reason, events)
+				if n := countEvents(events, "Warning FencedFailover ", row.reason, "blocklists the image's previous holder"); n != 1 {
+					t.Errorf("%d FencedFailover events naming %s, want exactly 1; events: %q", n, row.reason, events)
 				}
 				if hasEvent(events, "Multi-Attach") {
 					t.Errorf("a Multi-Attach error was reported too: %q", events)
@@ -113,6 +164,13 @@ func TestFencedFailover(t *testing.T) {
 			if contains(w.nodesOf(name), "node-b") {
 				t.Errorf("attached to node-b despite the Multi-Attach error")
 			}
+			events := w.events()
+			if hasEvent(events, "Warning FencedFailover ") {
+				t.Errorf("a FencedFailover event without a failover: %q", events)
+			}
+			if row.refused != "" && fencedFailoverKnown() && !hasEvent(events, "FencedFailoverRefused", row.refused) {
+				t.Errorf("no FencedFailoverRefused event saying %q; events: %q", row.refused, events)
+			}
 		})
 	}
 }
@@ -126,7 +184,7 @@ func TestFencedFailoverSerializesAndDetachesOldNode(t *testing.T) {
 	setFencedFailover(t, true)
 	w := newWorld(t, node("node-a", notReady), node("node-b", ready))
 	spec := rbdPV(v1.ReadWriteOnce)
-	old := pod("old", "node-a")
+	old := deleting(pod("old", "node-a"))
 	name := w.schedule(old, spec, "node-a")
 	w.attached(name, spec, "node-a")
 

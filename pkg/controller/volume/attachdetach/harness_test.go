@@ -81,11 +81,27 @@ func node(name string, state nodeState) *v1.Node {
 	n := &v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{
 			"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
-		Status: v1.NodeStatus{Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: status}}},
+		Status: v1.NodeStatus{
+			Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: status}},
+			NodeInfo:   v1.NodeSystemInfo{KubeletVersion: fencingKubelet},
+		},
 	}
 	if state == outOfService {
 		n.Spec.Taints = []v1.Taint{{Key: v1.TaintNodeOutOfService, Value: "nodeshutdown", Effect: v1.TaintEffectNoExecute}}
 	}
+	return n
+}
+
+// fencingKubelet is the version a patched kubelet reports: the build
+// metadata says it blocklists an image's previous holder before mapping.
+const (
+	fencingKubelet = "v1.30.14+rbdfailover.2"
+	stockKubelet   = "v1.30.14"
+)
+
+// withKubelet sets the kubelet version the node reports.
+func withKubelet(n *v1.Node, version string) *v1.Node {
+	n.Status.NodeInfo.KubeletVersion = version
 	return n
 }
 
@@ -123,6 +139,15 @@ func pod(name string, n types.NodeName) *v1.Pod {
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, UID: types.UID(name + "-uid")},
 		Spec:       v1.PodSpec{NodeName: string(n)},
 	}
+}
+
+// deleting returns the pod as it looks once it is being deleted: evicted
+// from a node that cannot confirm its end, it stays Terminating.
+func deleting(p *v1.Pod) *v1.Pod {
+	p = p.DeepCopy()
+	now := metav1.Now()
+	p.DeletionTimestamp = &now
+	return p
 }
 
 // opTracker wraps the real operation generator and records how many
@@ -171,6 +196,7 @@ type world struct {
 	dsw      cache.DesiredStateOfWorld
 	asw      cache.ActualStateOfWorld
 	recorder *record.FakeRecorder
+	seen     []string // events read from recorder
 	ops      *opTracker
 	cancel   context.CancelFunc
 	logger   klog.Logger
@@ -255,15 +281,14 @@ func (w *world) waitFor(what string, cond func() bool) bool {
 	return false
 }
 
-// events returns the events recorded so far.
+// events returns every event recorded so far.
 func (w *world) events() []string {
-	var out []string
 	for {
 		select {
 		case e := <-w.recorder.Events:
-			out = append(out, e)
+			w.seen = append(w.seen, e)
 		default:
-			return out
+			return append([]string(nil), w.seen...)
 		}
 	}
 }
@@ -281,6 +306,17 @@ func hasEvent(events []string, parts ...string) bool {
 	return false
 }
 
+// countEvents counts the events that contain every part.
+func countEvents(events []string, parts ...string) int {
+	n := 0
+	for _, e := range events {
+		if hasEvent([]string{e}, parts...) {
+			n++
+		}
+	}
+	return n
+}
+
 func contains(nodes []types.NodeName, n types.NodeName) bool {
 	for _, x := range nodes {
 		if x == n {
@@ -290,11 +326,17 @@ func contains(nodes []types.NodeName, n types.NodeName) bool {
 	return false
 }
 
+// fencedFailoverKnown reports whether the build has the fork's feature gate.
+func fencedFailoverKnown() bool {
+	_, known := utilfeature.DefaultFeatureGate.DeepCopy().GetAll()["RBDFencedFailover"]
+	return known
+}
+
 // setFencedFailover turns the fork's feature gate on or off for the test.
 // Stock Kubernetes does not know the gate; there it stays "off".
 func setFencedFailover(t *testing.T, on bool) {
 	t.Helper()
-	if _, known := utilfeature.DefaultFeatureGate.DeepCopy().GetAll()["RBDFencedFailover"]; !known {
+	if !fencedFailoverKnown() {
 		return
 	}
 	prev := utilfeature.DefaultFeatureGate.Enabled("RBDFencedFailover")

@@ -304,10 +304,56 @@ func (c *Cluster) waitOSDUp(ctx context.Context, timeout time.Duration) error {
 	return fmt.Errorf("the OSD did not come up within %v\n%s", timeout, c.LogTail("osd.0.log", 20))
 }
 
-// CreateImage creates an RBD image of sizeMiB in the pool.
+// CreateImage creates an RBD image of sizeMiB in the pool with only the
+// layering feature, as the in-tree provisioner makes them: no exclusive
+// lock, so nothing but the plugin's fence stops a stale writer.
 func (c *Cluster) CreateImage(ctx context.Context, name string, sizeMiB int) error {
-	_, err := c.run(ctx, 60*time.Second, "rbd", "create", c.opts.Pool+"/"+name, "--size", strconv.Itoa(sizeMiB))
+	_, err := c.run(ctx, 60*time.Second, "rbd", "create", c.opts.Pool+"/"+name, "--size", strconv.Itoa(sizeMiB),
+		"--image-feature", "layering")
 	return err
+}
+
+// ImageMeta returns the image's metadata as the admin sees it.
+func (c *Cluster) ImageMeta(ctx context.Context, image string) (map[string]string, error) {
+	out, err := c.run(ctx, 15*time.Second, "rbd", "image-meta", "list", c.opts.Pool+"/"+image, "--format", "json")
+	if err != nil {
+		return nil, err
+	}
+	meta := map[string]string{}
+	if len(bytes.TrimSpace(out)) == 0 {
+		return meta, nil
+	}
+	if err := json.Unmarshal(out, &meta); err != nil {
+		return nil, fmt.Errorf("cannot read rbd image-meta list %q: %v", out, err)
+	}
+	return meta, nil
+}
+
+// Blocklisted reports whether addr is on the OSD map's blocklist.
+func (c *Cluster) Blocklisted(ctx context.Context, addr string) (bool, error) {
+	out, err := c.run(ctx, 15*time.Second, "ceph", "osd", "blocklist", "ls")
+	if err != nil {
+		return false, err
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == addr {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// HolderKeyFile writes the cluster user's key to a file for librbd clients.
+func (c *Cluster) HolderKeyFile() (string, error) {
+	keyFile := filepath.Join(c.opts.Dir, "holder.key")
+	return keyFile, os.WriteFile(keyFile, []byte(c.UserKey), 0o600)
+}
+
+// HolderConfig is how a librbd client stands in for a mapping of the
+// cluster's user.
+func (c *Cluster) HolderConfig(keyFile string) HolderConfig {
+	return HolderConfig{Conf: c.ClientConf, User: c.opts.User, KeyFile: keyFile, Pool: c.opts.Pool,
+		Log: filepath.Join(c.opts.Dir, "log", "holder.out"), OwnProcessGroup: true}
 }
 
 // Watcher is a client watching an image, as rbd status reports it.

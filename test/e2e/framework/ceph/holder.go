@@ -22,7 +22,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,7 +30,10 @@ import (
 
 // holderScript opens an image with librbd (python3-rbd) and keeps it open,
 // and so watched, until its stdin closes: what a node's mapping does to the
-// image, without a kernel. It prints "open <address> <client id>".
+// image, without a kernel. It prints "open <address> <client id>", then
+// answers one line per command on stdin: "w OFFSET TEXT" writes TEXT at
+// OFFSET and flushes ("ok", or "err <exception>"), "r OFFSET LENGTH" reads
+// ("data <text>").
 const holderScript = `
 import sys, rados, rbd
 conf, user, keyfile, pool, image = sys.argv[1:6]
@@ -40,16 +42,32 @@ cluster.connect(timeout=30)
 ioctx = cluster.open_ioctx(pool)
 img = rbd.Image(ioctx, image)
 print("open", cluster.get_addrs(), cluster.get_instance_id(), flush=True)
-sys.stdin.read()
-img.close()
-ioctx.close()
-cluster.shutdown()
+for line in sys.stdin:
+    op, off, arg = (line.rstrip("\n").split(" ", 2) + ["", ""])[:3]
+    try:
+        if op == "w":
+            img.write(arg.encode(), int(off))
+            img.flush()
+            print("ok", flush=True)
+        elif op == "r":
+            data = img.read(int(off), int(arg)).rstrip(b"\0")
+            print("data", data.decode(errors="replace"), flush=True)
+    except Exception as e:
+        print("err", type(e).__name__, str(e).replace("\n", " "), flush=True)
+try:
+    img.close()
+    ioctx.close()
+    cluster.shutdown()
+except Exception:
+    pass
 `
 
 // Holder is a librbd client that keeps an image open.
 type Holder struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
+	// lines carries the holder's answers after its "open" line.
+	lines chan string
 	// Address and Client identify the holder's watch, as rbd status shows it.
 	Address string
 	Client  uint64
@@ -73,12 +91,11 @@ type HolderConfig struct {
 // Hold starts a client that opens image as the cluster's user and returns
 // once the image is open (its watch registered).
 func (c *Cluster) Hold(image string) (*Holder, error) {
-	keyFile := filepath.Join(c.opts.Dir, "holder.key")
-	if err := os.WriteFile(keyFile, []byte(c.UserKey), 0o600); err != nil {
+	keyFile, err := c.HolderKeyFile()
+	if err != nil {
 		return nil, err
 	}
-	return StartHolder(HolderConfig{Conf: c.ClientConf, User: c.opts.User, KeyFile: keyFile, Pool: c.opts.Pool,
-		Log: filepath.Join(c.opts.Dir, "log", "holder.out"), OwnProcessGroup: true}, image)
+	return StartHolder(c.HolderConfig(keyFile), image)
 }
 
 // StartHolder starts a client that opens image and returns once the image is
@@ -103,20 +120,18 @@ func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start the librbd holder (python3-rbd): %v", err)
 	}
-	h := &Holder{cmd: cmd, stdin: stdin}
-	line := make(chan string, 1)
+	h := &Holder{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
 	go func() {
 		s := bufio.NewScanner(stdout)
-		if s.Scan() {
-			line <- s.Text()
+		for s.Scan() {
+			h.lines <- s.Text()
 		}
-		close(line)
-		_, _ = io.Copy(io.Discard, stdout)
+		close(h.lines)
 		_ = cmd.Wait()
 		logFile.Close()
 	}()
 	select {
-	case l, ok := <-line:
+	case l, ok := <-h.lines:
 		f := strings.Fields(l)
 		if !ok || len(f) != 3 || f[0] != "open" {
 			h.Kill()
@@ -133,6 +148,54 @@ func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
 		return nil, fmt.Errorf("the librbd holder did not open %s within 60 s", image)
 	}
 }
+
+// Write writes text at offset through the holder's client and flushes it.
+// It returns the client's error (a blocklisted client gets one), or an
+// error after timeout if the client does not answer.
+func (h *Holder) Write(offset int, text string, timeout time.Duration) error {
+	answer, err := h.ask(fmt.Sprintf("w %d %s", offset, text), timeout)
+	if err != nil {
+		return err
+	}
+	if answer != "ok" {
+		return fmt.Errorf("write at %d: %s", offset, answer)
+	}
+	return nil
+}
+
+// Read reads length bytes at offset through the holder's client.
+func (h *Holder) Read(offset, length int, timeout time.Duration) (string, error) {
+	answer, err := h.ask(fmt.Sprintf("r %d %d", offset, length), timeout)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(answer, "data ") {
+		return "", fmt.Errorf("read at %d: %s", offset, answer)
+	}
+	return strings.TrimPrefix(answer, "data "), nil
+}
+
+func (h *Holder) ask(command string, timeout time.Duration) (string, error) {
+	if _, err := io.WriteString(h.stdin, command+"\n"); err != nil {
+		return "", fmt.Errorf("the librbd holder is gone: %v", err)
+	}
+	select {
+	case answer, ok := <-h.lines:
+		if !ok {
+			return "", fmt.Errorf("the librbd holder exited")
+		}
+		return answer, nil
+	case <-time.After(timeout):
+		return "", fmt.Errorf("the librbd holder did not answer %q within %v", command, timeout)
+	}
+}
+
+// Freeze stops the holder's process (SIGSTOP), as a node that hangs: its
+// watch expires while its client keeps its state. Thaw resumes it.
+func (h *Holder) Freeze() error { return syscall.Kill(h.cmd.Process.Pid, syscall.SIGSTOP) }
+
+// Thaw resumes a frozen holder.
+func (h *Holder) Thaw() error { return syscall.Kill(h.cmd.Process.Pid, syscall.SIGCONT) }
 
 // Pid is the holder's process id.
 func (h *Holder) Pid() int { return h.cmd.Process.Pid }

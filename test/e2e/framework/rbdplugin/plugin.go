@@ -21,6 +21,7 @@ package rbdplugin
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,4 +201,89 @@ func (s *CmdlineSampler) Stop() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.samples
+}
+
+// MapExec runs every command for real except what only the kernel can do:
+// "rbd map" first runs for real with the plugin's arguments and must fail at
+// the kernel step (there is no rbd module here), which proves the argument
+// list is one rbd accepts; then OnMap gives the image a mapping, such as a
+// librbd client whose watch stands in for the kernel's. "rbd unmap" of an
+// image calls OnUnmap.
+type MapExec struct {
+	*RecordingExec
+	OnMap   func(image string, readOnly bool) error
+	OnUnmap func(image string) error
+}
+
+// NewMapExec wraps the real exec.
+func NewMapExec(onMap func(image string, readOnly bool) error, onUnmap func(image string) error) *MapExec {
+	return &MapExec{RecordingExec: NewRecordingExec(), OnMap: onMap, OnUnmap: onUnmap}
+}
+
+// Command implements exec.Interface.
+func (m *MapExec) Command(cmd string, args ...string) exec.Cmd {
+	return m.CommandContext(context.Background(), cmd, args...)
+}
+
+// CommandContext implements exec.Interface.
+func (m *MapExec) CommandContext(ctx context.Context, cmd string, args ...string) exec.Cmd {
+	real := m.RecordingExec.CommandContext(ctx, cmd, args...)
+	if cmd != "rbd" || len(args) < 2 {
+		return real
+	}
+	switch args[0] {
+	case "map":
+		return &interceptedCmd{Cmd: real, run: func() ([]byte, error) {
+			out, err := real.CombinedOutput()
+			if err := CheckKernelStepFailure(out, err); err != nil {
+				return out, err
+			}
+			return nil, m.OnMap(args[1], contains(args, "--read-only"))
+		}}
+	case "unmap":
+		if strings.Contains(args[1], "/") && !strings.HasPrefix(args[1], "/dev/") {
+			return &interceptedCmd{Cmd: real, run: func() ([]byte, error) { return nil, m.OnUnmap(args[1]) }}
+		}
+	}
+	return real
+}
+
+// CheckKernelStepFailure tells whether "rbd map" failed only where the
+// kernel comes in (no rbd module here), after it accepted its arguments.
+func CheckKernelStepFailure(out []byte, err error) error {
+	s := string(out)
+	for _, refused := range []string{"unknown map option", "couldn't parse map options", "unrecognised option",
+		"unrecognized option", "too many arguments"} {
+		if strings.Contains(strings.ToLower(s), refused) {
+			return fmt.Errorf("rbd refused the map arguments: %s", strings.TrimSpace(s))
+		}
+	}
+	if err == nil {
+		return fmt.Errorf("rbd map succeeded without a kernel module: %s", strings.TrimSpace(s))
+	}
+	if !strings.Contains(s, "rbd: map failed: ") {
+		return fmt.Errorf("rbd map failed before the kernel step: %v: %s", err, strings.TrimSpace(s))
+	}
+	return nil
+}
+
+type interceptedCmd struct {
+	exec.Cmd
+	run func() ([]byte, error)
+}
+
+func (c *interceptedCmd) CombinedOutput() ([]byte, error) { return c.run() }
+func (c *interceptedCmd) Output() ([]byte, error)         { return c.run() }
+func (c *interceptedCmd) Run() error {
+	_, err := c.run()
+	return err
+}
+
+func contains(args []string, want string) bool {
+	for _, a := range args {
+		if a == want {
+			return true
+		}
+	}
+	return false
 }
