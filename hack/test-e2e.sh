@@ -6,10 +6,11 @@
 #                      Ceph (and the frozen-holder hazard with the stock one);
 #   test/e2e/failover  the node-failure scenarios on a real control plane
 #                      (etcd, kube-apiserver, stock and patched
-#                      kube-controller-manager) with simulated nodes.
+#                      kube-controller-manager) with simulated nodes that
+#                      run the stock or the patched RBD plugin.
 # It first builds what the control plane needs: kube-apiserver from the
 # patched tree, kube-controller-manager from the stock and the patched tree,
-# etcd at the version the tree pins, and the node agent.
+# etcd at the version the tree pins, and the node agent of each build.
 # WATCH_TIMEOUT sets the OSDs' osd_client_watch_timeout in seconds (default
 # 10; Ceph's default is 30). Logs go to _output/e2e/<run>/ and are kept when a
 # suite fails; the report is _output/e2e/report.md.
@@ -38,12 +39,18 @@ rbdf::tree::stock
 rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
 (cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${modfile}" -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd)
+stock_modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
+# The simulated nodes of each build run that build's RBD plugin.
 (cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${modfile}" -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent)
+(cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${stock_modfile}" -o "${e2e_bin}/rbd-node-agent-stock" ./test/e2e/cmd/rbd-node-agent)
 export E2E_ETCD="${e2e_bin}/etcd"
 export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
 export E2E_KCM_PATCHED="${RBDF_LINE_OUTPUT}/bin/kube-controller-manager"
 export E2E_KCM_STOCK="${RBDF_LINE_OUTPUT}/stock/bin/kube-controller-manager"
-export E2E_NODE_AGENT="${e2e_bin}/rbd-node-agent"
+export E2E_NODE_AGENT_PATCHED="${e2e_bin}/rbd-node-agent"
+export E2E_NODE_AGENT_STOCK="${e2e_bin}/rbd-node-agent-stock"
+export E2E_KUBELET_VERSION_PATCHED="${RBDF_VERSION}"
+export E2E_KUBELET_VERSION_STOCK="${RBDF_KUBE_VERSION}"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e() {
@@ -53,7 +60,6 @@ e2e() {
 
 # The frozen-holder test once more with the plugin of the stock tree: the
 # hazard the fence removes (a stale write that lands) must show there.
-stock_modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e_stock_plugin() {
   cd "${RBDF_ROOT}" && E2E_PLUGIN=stock GOFLAGS=-mod=readonly go test -json -count=1 -timeout 10m \

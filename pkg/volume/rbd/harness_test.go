@@ -34,9 +34,9 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/utils/exec"
-	"k8s.io/klog/v2"
 	testingexec "k8s.io/utils/exec/testing"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdplugin"

@@ -24,6 +24,9 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/nodeagent"
 )
 
 // TestNodeFailure runs every scenario against the stock and the patched
@@ -45,6 +48,16 @@ func TestNodeFailure(t *testing.T) {
 			if build == "stock" {
 				t.Run("e RWX workaround", func(t *testing.T) { testRWXWorkaround(ctx, t, newScenario(ctx, t, kcm, "e", v1.ReadWriteMany)) })
 			}
+			// The frozen node: patched with the PV as it is (RWO), stock with
+			// the ReadWriteMany workaround, the only way stock fails over.
+			mode := v1.ReadWriteOnce
+			if build == "stock" {
+				mode = v1.ReadWriteMany
+			}
+			t.Run("f frozen node", func(t *testing.T) { testFrozenNode(ctx, t, newScenario(ctx, t, kcm, "f", mode)) })
+			t.Run("g short NotReady", func(t *testing.T) {
+				testShortNotReady(ctx, t, newScenario(ctx, t, kcm, "g", v1.ReadWriteOnce, tolerating(5*time.Minute)))
+			})
 		})
 	}
 }
@@ -105,7 +118,7 @@ func testSplitBrain(ctx context.Context, t *testing.T, s *scenario) {
 	}
 	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
 	s.row.boundToAttach = attachedAt.Sub(bound)
-	s.expectEvent(s.pod(1), "FencedFailover", "unhealthy node")
+	s.expectEvent(s.pod(1), "FencedFailover", "that are down")
 	named := fmt.Sprintf("%s (client.%d)", old.Address, old.Client)
 	s.waitFor("node-b's gate refusing with node-a's watcher named", gateDeadline, func() bool {
 		return strings.Contains(s.attachError(s.nodeB), named)
@@ -176,7 +189,7 @@ func (s *scenario) expectFailover(bound time.Time) {
 	s.t.Helper()
 	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
 	s.row.boundToAttach = attachedAt.Sub(bound)
-	msg := s.expectEvent(s.pod(1), "FencedFailover", "unhealthy node")
+	msg := s.expectEvent(s.pod(1), "FencedFailover", "that are down")
 	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
 	mp := s.mapping(s.nodeB)
 	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
@@ -206,4 +219,152 @@ func sinceWatchGone(s *scenario, mapped time.Time) time.Duration {
 		return 0
 	}
 	return mapped.Sub(gone)
+}
+
+// testFrozenNode is scenario (f): node-a freezes whole (no API, no Ceph; its
+// pod's application was writing) for longer than its watch timeout and the
+// eviction, and wakes up after node-b mapped the image. With the fence none
+// of node-a's writes after it woke up lands; stock with the ReadWriteMany
+// workaround lets them land on node-b's data.
+func testFrozenNode(ctx context.Context, t *testing.T, s *scenario) {
+	if s.build == "stock" {
+		defer s.mon.finishExpectingDoubles()
+	} else {
+		defer s.mon.finish()
+	}
+	old := s.mapping(s.nodeA)
+	s.waitFor("node-a's application writing", reactDeadline, func() bool { return len(s.appWrites(old, true)) > 0 })
+	// Cut node-a off the API server first so that, woken up, it does not
+	// hear of its pod's deletion and let go of the mapping: what a frozen
+	// kernel's queued writes do, its application then does.
+	if err := s.nodeA.Partition(); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("node-a partitioned", reactDeadline, func() bool { st, err := s.nodeA.State(); return err == nil && st.Partitioned })
+	if err := s.nodeA.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	s.lostAt = time.Now()
+	notReady := s.waitFor("node-a NotReady", reactDeadline, func() bool { return !s.ready(s.nodeA) })
+	s.row.powerOffToNotReady = notReady.Sub(s.lostAt)
+	s.waitFor("the old pod evicted (Terminating)", reactDeadline, func() bool { return s.terminating(s.pod(0)) })
+	bound := s.createPod(1, s.nodeB)
+	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
+	s.row.boundToAttach = attachedAt.Sub(bound)
+	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
+	mp := s.mapping(s.nodeB)
+	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
+	s.waitFor("node-b's application writing", reactDeadline, func() bool { return len(s.appWrites(mp, true)) > 0 })
+
+	woke := time.Now()
+	if err := s.nodeA.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	// Node-a's application writes every 200 ms; give it a few.
+	s.waitFor("node-a's application trying to write after it woke up", reactDeadline, func() bool {
+		return len(s.appWritesSince(old, woke)) >= 5
+	})
+	after := s.appWritesSince(old, woke)
+	landed := 0
+	for _, w := range after {
+		if w.Landed {
+			landed++
+		}
+	}
+	s.row.staleAttempted, s.row.staleLanded = len(after), landed
+	data := s.readImage()
+	s.nodeA.PowerOff()
+	if s.build == "stock" {
+		if landed == 0 {
+			t.Errorf("stock with ReadWriteMany: none of node-a's %d writes after it woke up landed; the hazard did not show", len(after))
+		}
+		s.row.outcome = fmt.Sprintf("node-b mapped once node-a's watch expired, without a fence; node-a woke up: %d of %d writes landed", landed, len(after))
+		s.row.note("image after node-a woke up: %q", data)
+		return
+	}
+	if landed > 0 {
+		t.Errorf("%d of node-a's %d writes after it woke up landed; node-b should have fenced it", landed, len(after))
+	}
+	if !strings.HasPrefix(data, s.nodeB.Name) {
+		t.Errorf("the image holds %q after node-a woke up, want node-b's record", data)
+	}
+	s.row.outcome = fmt.Sprintf("failed over; node-b blocklisted node-a's client before its map; node-a woke up: %d of %d writes landed", landed, len(after))
+	s.row.note("node-a's first write after it woke up: %s", after[0].Error)
+	s.row.note("image after node-a woke up: %q", data)
+}
+
+// testShortNotReady is scenario (g): node-a is NotReady for a while (its
+// kubelet restarting, a short partition) but its pod is not evicted, while
+// a second pod for the claim waits on node-b (a rolling update). Both builds
+// keep the Multi-Attach error; once node-a is Ready again the volume is
+// attached to node-a only.
+func testShortNotReady(ctx context.Context, t *testing.T, s *scenario) {
+	defer s.mon.finish()
+	if err := s.nodeA.Partition(); err != nil {
+		t.Fatal(err)
+	}
+	s.lostAt = time.Now()
+	notReady := s.waitFor("node-a NotReady", reactDeadline, func() bool { return !s.ready(s.nodeA) })
+	s.row.powerOffToNotReady = notReady.Sub(s.lostAt)
+	s.createPod(1, s.nodeB)
+	msg := s.expectEvent(s.pod(1), "FailedAttachVolume", "Multi-Attach error")
+	if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(s.nodeB) || s.mapping(s.nodeB) != nil }) {
+		t.Errorf("the volume was attached to or mapped on node-b while node-a was only NotReady\n%s", s.diagnostics())
+	}
+	if err := s.nodeA.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	s.waitFor("node-a Ready again", reactDeadline, func() bool { return s.ready(s.nodeA) })
+	if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(s.nodeB) || s.mapping(s.nodeB) != nil || !s.attached(s.nodeA) }) {
+		t.Errorf("after node-a came back the volume is not attached to node-a only\n%s", s.diagnostics())
+	}
+	if s.terminating(s.pod(0)) || !s.running(s.pod(0)) {
+		t.Errorf("node-a's pod did not keep running")
+	}
+	s.row.outcome = "Multi-Attach error while node-a was NotReady; attached to node-a only once it was Ready again"
+	s.row.note("event: %s", msg)
+}
+
+// appWrites reads the application log of a mapping; landed keeps only the
+// writes that landed.
+func (s *scenario) appWrites(mp *nodeagent.Mapping, landed bool) []ceph.AppWrite {
+	s.t.Helper()
+	writes, err := ceph.ReadAppLog(mp.AppLog)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var out []ceph.AppWrite
+	for _, w := range writes {
+		if w.Landed || !landed {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// appWritesSince returns the writes a mapping's application issued after t
+// (a write in flight when node-a froze reached the OSD before it froze).
+func (s *scenario) appWritesSince(mp *nodeagent.Mapping, t time.Time) []ceph.AppWrite {
+	var out []ceph.AppWrite
+	for _, w := range s.appWrites(mp, false) {
+		if w.Started.After(t) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// readImage reads the record at offset 0 with a client of its own.
+func (s *scenario) readImage() string {
+	s.t.Helper()
+	reader, err := env.cluster.Hold(s.image)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer reader.Close()
+	data, err := reader.Read(0, 64, 30*time.Second)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return strings.TrimSpace(data)
 }

@@ -21,7 +21,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,27 +60,40 @@ type scenario struct {
 	row                    *row
 	// lostAt is when node-a was powered off or partitioned.
 	lostAt time.Time
+	// tolerate is how long pods tolerate an unreachable or not-ready node
+	// before the taint eviction controller evicts them.
+	tolerate time.Duration
 }
+
+// scenarioOption changes how a scenario is set up.
+type scenarioOption func(*scenario)
+
+// tolerating makes pods tolerate an unreachable node for d (the default is
+// 0: evicted at once).
+func tolerating(d time.Duration) scenarioOption { return func(s *scenario) { s.tolerate = d } }
 
 // newScenario starts node-a and node-b, creates the image, the PV (with
 // accessMode) and its bound claim, and a pod on node-a that has mapped the
 // image.
-func newScenario(ctx context.Context, t *testing.T, kcm *controlplane.ControllerManager, name string, accessMode v1.PersistentVolumeAccessMode) *scenario {
+func newScenario(ctx context.Context, t *testing.T, kcm *controlplane.ControllerManager, name string, accessMode v1.PersistentVolumeAccessMode, opts ...scenarioOption) *scenario {
 	t.Helper()
 	id := name + "-" + kcm.Build
 	s := &scenario{t: t, ctx: ctx, name: name, build: kcm.Build, kcm: kcm,
 		image: "img-" + id, pv: "user-pv-" + id, pvc: "user-pvc-" + id}
+	for _, opt := range opts {
+		opt(s)
+	}
 	s.volume = "kubernetes.io/rbd/rbd:" + s.image
 	s.row = env.report.row(name, kcm.Build)
 	if err := env.cluster.CreateImage(ctx, s.image, 16); err != nil {
 		t.Fatalf("create image: %v", err)
 	}
 	var err error
-	if s.nodeA, err = nodeagent.Launch(id+"-node-a", env.agent); err != nil {
+	if s.nodeA, err = nodeagent.Launch(id+"-node-a", env.agents[kcm.Build]); err != nil {
 		t.Fatalf("start node-a: %v", err)
 	}
 	t.Cleanup(s.nodeA.PowerOff)
-	if s.nodeB, err = nodeagent.Launch(id+"-node-b", env.agent); err != nil {
+	if s.nodeB, err = nodeagent.Launch(id+"-node-b", env.agents[kcm.Build]); err != nil {
 		t.Fatalf("start node-b: %v", err)
 	}
 	t.Cleanup(s.nodeB.PowerOff)
@@ -151,11 +163,12 @@ func (s *scenario) createVolume(mode v1.PersistentVolumeAccessMode) {
 }
 
 // createPod creates a pod bound to node that uses the claim. No scheduler
-// or ReplicaSet controller runs: the harness plays both. The pod does not
-// tolerate an unreachable or not-ready node, so the taint eviction
-// controller evicts it as soon as the node is tainted.
+// or ReplicaSet controller runs: the harness plays both. Unless the scenario
+// says otherwise the pod does not tolerate an unreachable or not-ready node,
+// so the taint eviction controller evicts it as soon as the node is tainted.
 func (s *scenario) createPod(n int, node *nodeagent.Node) time.Time {
 	name := s.pod(n)
+	tolerate := int64(s.tolerate / time.Second)
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{"app": "user"}},
 		Spec: v1.PodSpec{
@@ -164,8 +177,8 @@ func (s *scenario) createPod(n int, node *nodeagent.Node) time.Time {
 			Volumes: []v1.Volume{{Name: "data", VolumeSource: v1.VolumeSource{
 				PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: s.pvc}}}},
 			Tolerations: []v1.Toleration{
-				{Key: v1.TaintNodeUnreachable, Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoExecute, TolerationSeconds: zeroSeconds()},
-				{Key: v1.TaintNodeNotReady, Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoExecute, TolerationSeconds: zeroSeconds()},
+				{Key: v1.TaintNodeUnreachable, Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoExecute, TolerationSeconds: &tolerate},
+				{Key: v1.TaintNodeNotReady, Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoExecute, TolerationSeconds: &tolerate},
 			},
 		},
 	}
@@ -329,137 +342,6 @@ func (s *scenario) deleteObjects() {
 			s.t.Logf("cleanup: %v", err)
 		}
 	}
-}
-
-// monitor samples, every ~250 ms, the image's watchers and the agents'
-// mappings. A moment when two nodes' mappings of the image are both live
-// (both agents running with it mapped, or both mappings' watches present on
-// the image) is a double mapping.
-type monitor struct {
-	s    *scenario
-	done chan struct{}
-	wg   sync.WaitGroup
-
-	mu             sync.Mutex
-	samples        int
-	doubles        int
-	doubleDetail   string
-	oldWatchGoneAt time.Time
-	oldWatchSeen   bool
-	oldClient      uint64
-	errors         int
-}
-
-func startMonitor(s *scenario) *monitor {
-	m := &monitor{s: s, done: make(chan struct{})}
-	if old := s.mapping(s.nodeA); old != nil {
-		m.oldClient = old.Client
-	}
-	m.wg.Add(1)
-	go m.run()
-	return m
-}
-
-func (m *monitor) run() {
-	defer m.wg.Done()
-	for {
-		select {
-		case <-m.done:
-			return
-		default:
-		}
-		m.sample()
-		time.Sleep(150 * time.Millisecond)
-	}
-}
-
-func (m *monitor) sample() {
-	s := m.s
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	type held struct {
-		node   string
-		client uint64
-		live   bool
-	}
-	var holders []held
-	for _, n := range []*nodeagent.Node{s.nodeA, s.nodeB} {
-		if mp := s.mapping(n); mp != nil && !mp.ReadOnly {
-			holders = append(holders, held{node: n.Name, client: mp.Client, live: n.Alive()})
-		}
-	}
-	watchers, err := env.cluster.Watchers(ctx, s.image)
-	now := time.Now()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.samples++
-	if err != nil {
-		m.errors++
-		return
-	}
-	watching := map[uint64]bool{}
-	for _, w := range watchers {
-		watching[w.Client] = true
-	}
-	if m.oldClient != 0 && watching[m.oldClient] {
-		m.oldWatchSeen = true
-	}
-	if m.oldWatchSeen && !watching[m.oldClient] && m.oldWatchGoneAt.IsZero() {
-		m.oldWatchGoneAt = now
-	}
-	live, watched := 0, 0
-	for _, h := range holders {
-		if h.live {
-			live++
-		}
-		if watching[h.client] {
-			watched++
-		}
-	}
-	if live > 1 || watched > 1 {
-		m.doubles++
-		if m.doubleDetail == "" {
-			m.doubleDetail = fmt.Sprintf("at %s: mappings %+v, watchers %+v", now.Format(time.RFC3339Nano), holders, watchers)
-		}
-	}
-}
-
-func (m *monitor) stop() {
-	select {
-	case <-m.done:
-		return
-	default:
-	}
-	close(m.done)
-	m.wg.Wait()
-}
-
-// finish stops the monitor, records its counts and fails on a double
-// mapping.
-func (m *monitor) finish() {
-	m.stop()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.s.row.doubles = m.doubles
-	m.s.row.samples = m.samples
-	if m.doubles > 0 {
-		m.s.t.Errorf("double mapping: %d sample(s) saw two nodes holding %s read-write; first %s", m.doubles, m.s.image, m.doubleDetail)
-	}
-	if m.samples-m.errors < 5 {
-		m.s.t.Errorf("the safety monitor could read the image's watchers only %d of %d times", m.samples-m.errors, m.samples)
-	}
-}
-
-func (m *monitor) sawOldWatch() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.oldWatchSeen
-}
-
-func (m *monitor) watchGone() time.Time {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.oldWatchGoneAt
 }
 
 // zeroSeconds is a pointer to 0, for tolerations and delete options. (The

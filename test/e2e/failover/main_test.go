@@ -14,12 +14,13 @@ See the License for the specific language governing permissions and
 limitations under the License.
 */
 
-// Package failover runs the node-failure scenario end to end: a real Ceph
+// Package failover runs the node-failure scenarios end to end: a real Ceph
 // cluster, real etcd and kube-apiserver, the stock and the patched
 // kube-controller-manager, and simulated nodes (test/e2e/cmd/rbd-node-agent)
-// that run the patched RBD plugin's attach path against Ceph. Every scenario
-// runs against both builds; the timings and the safety monitor's counts go
-// to failover-report.md in the run's directory.
+// that run the RBD plugin's attach path of the same build against Ceph.
+// Every scenario runs against both builds; the timings, the safety
+// monitor's counts and the stale writes go to failover-report.md in the
+// run's directory. The safety verdict is in monitor_test.go.
 package failover
 
 import (
@@ -51,13 +52,14 @@ var env struct {
 	watchTimeout time.Duration
 	cluster      *ceph.Cluster
 	cp           *controlplane.ControlPlane
-	kcm          map[string]string // build -> kube-controller-manager binary
-	agent        nodeagent.LaunchOptions
+	kcm          map[string]string                  // build -> kube-controller-manager binary
+	agents       map[string]nodeagent.LaunchOptions // build -> how its nodes start
 	report       *report
 }
 
 // binaries the harness needs, from the environment hack/test-e2e.sh sets.
-var binaryVars = []string{"E2E_ETCD", "E2E_KUBE_APISERVER", "E2E_KCM_STOCK", "E2E_KCM_PATCHED", "E2E_NODE_AGENT"}
+var binaryVars = []string{"E2E_ETCD", "E2E_KUBE_APISERVER", "E2E_KCM_STOCK", "E2E_KCM_PATCHED",
+	"E2E_NODE_AGENT_STOCK", "E2E_NODE_AGENT_PATCHED", "E2E_KUBELET_VERSION_STOCK", "E2E_KUBELET_VERSION_PATCHED"}
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -126,9 +128,16 @@ func setUp(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	env.agent = nodeagent.LaunchOptions{Binary: os.Getenv("E2E_NODE_AGENT"), Kubeconfig: env.cp.NodeKubeconfig,
-		CephConf: env.cluster.ClientConf, Dir: filepath.Join(env.dir, "nodes"), LogDir: filepath.Join(env.dir, "log"),
-		Env: []string{"CEPH_CONF=" + emptyConf}}
+	// Each build's nodes run the RBD plugin of that build's tree and report
+	// that build's kubelet version.
+	env.agents = map[string]nodeagent.LaunchOptions{}
+	for _, build := range []string{"stock", "patched"} {
+		env.agents[build] = nodeagent.LaunchOptions{Binary: os.Getenv("E2E_NODE_AGENT_" + strings.ToUpper(build)),
+			KubeletVersion: os.Getenv("E2E_KUBELET_VERSION_" + strings.ToUpper(build)),
+			Kubeconfig:     env.cp.NodeKubeconfig, CephConf: env.cluster.ClientConf,
+			Dir: filepath.Join(env.dir, "nodes"), LogDir: filepath.Join(env.dir, "log"),
+			Env: []string{"CEPH_CONF=" + emptyConf}}
+	}
 	if err := createSecret(ctx); err != nil {
 		fmt.Fprintf(os.Stderr, "creating the namespace and the Ceph secret: %v\n", err)
 		return 1

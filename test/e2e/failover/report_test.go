@@ -39,7 +39,10 @@ type row struct {
 	// the new node's mapping.
 	watchExpiryToMap time.Duration
 	doubles, samples int
-	notes            []string
+	// staleAttempted and staleLanded count the writes node-a's application
+	// made after node-a woke up from a freeze, and those that landed.
+	staleAttempted, staleLanded int
+	notes                       []string
 }
 
 func (r *row) note(format string, args ...interface{}) {
@@ -61,6 +64,8 @@ var scenarioTitles = map[string]string{
 	"c": "healthy race: second pod on node-b",
 	"d": "(a) with kube-controller-manager restarted",
 	"e": "(a) with the PV marked ReadWriteMany",
+	"f": "node-a frozen past its watch timeout, then woken up (stock: PV ReadWriteMany)",
+	"g": "node-a NotReady for a while, pod not evicted; second pod on node-b",
 }
 
 func newReport(path string) *report { return &report{path: path} }
@@ -73,7 +78,7 @@ func (r *report) header(cephVersion, kubeVersion string, watchTimeout, cephReady
 			cephVersion, watchTimeout, cephReady.Round(100*time.Millisecond)),
 		fmt.Sprintf("- etcd and kube-apiserver %s started in %v; kube-controller-manager: node-monitor-grace-period 10s, "+
 			"controllers attachdetach, nodelifecycle, taint-eviction-controller, podgc", kubeVersion, cpReady.Round(100*time.Millisecond)),
-		"- nodes: test/e2e/cmd/rbd-node-agent (heartbeat 1 s, the patched RBD plugin's WaitForAttach, a librbd client as the mapping)",
+		"- nodes: test/e2e/cmd/rbd-node-agent (heartbeat 1 s; the RBD plugin's WaitForAttach of the row's build; the real rbd map, then a librbd client as the mapping, writing a record every 200 ms as the pod's application)",
 		"")
 }
 
@@ -100,11 +105,15 @@ func (r *report) write() {
 	for _, l := range r.head {
 		b.WriteString(l + "\n")
 	}
-	b.WriteString("| scenario | build | outcome | power-off → NotReady | replacement bound → attach | old watch gone → new map | double mappings (samples) |\n")
-	b.WriteString("|---|---|---|---|---|---|---|\n")
+	b.WriteString("| scenario | build | outcome | power-off → NotReady | replacement bound → attach | old watch gone → new map | double mappings (samples) | stale writes landed (attempted) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.rows {
-		fmt.Fprintf(&b, "| %s: %s | %s | %s | %s | %s | %s | %d (%d) |\n", x.scenario, scenarioTitles[x.scenario], x.build,
-			x.outcome, dur(x.powerOffToNotReady), dur(x.boundToAttach), dur(x.watchExpiryToMap), x.doubles, x.samples)
+		stale := "–"
+		if x.staleAttempted > 0 {
+			stale = fmt.Sprintf("%d (%d)", x.staleLanded, x.staleAttempted)
+		}
+		fmt.Fprintf(&b, "| %s: %s | %s | %s | %s | %s | %s | %d (%d) | %s |\n", x.scenario, scenarioTitles[x.scenario], x.build,
+			x.outcome, dur(x.powerOffToNotReady), dur(x.boundToAttach), dur(x.watchExpiryToMap), x.doubles, x.samples, stale)
 	}
 	b.WriteString("\n")
 	for _, x := range r.rows {

@@ -43,6 +43,7 @@ func main() {
 	cephConf := flag.String("ceph-conf", "", "ceph.conf naming the monitors, for the librbd client that stands in for the kernel mapping")
 	heartbeat := flag.Duration("heartbeat", time.Second, "how often the Lease and the Ready condition are renewed")
 	sync := flag.Duration("sync", 500*time.Millisecond, "how often pods and the Node are read")
+	kubeletVersion := flag.String("kubelet-version", "", "the kubelet version the Node reports")
 	flag.Parse()
 	if *kubeconfig == "" || *node == "" || *dir == "" || *cephConf == "" {
 		klog.Error("--kubeconfig, --node, --dir and --ceph-conf are required")
@@ -59,7 +60,7 @@ func main() {
 		os.Exit(1)
 	}
 	agent, err := nodeagent.New(nodeagent.Config{Client: client, Node: *node, Dir: *dir, CephConf: *cephConf,
-		Heartbeat: *heartbeat, Sync: *sync})
+		Heartbeat: *heartbeat, Sync: *sync, KubeletVersion: *kubeletVersion})
 	if err != nil {
 		klog.ErrorS(err, "Cannot start the node agent")
 		os.Exit(1)
@@ -67,10 +68,15 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	partition := make(chan os.Signal, 1)
-	signal.Notify(partition, syscall.SIGUSR1)
+	signal.Notify(partition, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
-		<-partition
-		agent.Partition()
+		for sig := range partition {
+			if sig == syscall.SIGUSR1 {
+				agent.Partition()
+			} else {
+				agent.Heal()
+			}
+		}
 	}()
 	if err := agent.Run(ctx); err != nil {
 		klog.ErrorS(err, "Node agent failed")

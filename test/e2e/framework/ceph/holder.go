@@ -33,15 +33,34 @@ import (
 // image, without a kernel. It prints "open <address> <client id>", then
 // answers one line per command on stdin: "w OFFSET TEXT" writes TEXT at
 // OFFSET and flushes ("ok", or "err <exception>"), "r OFFSET LENGTH" reads
-// ("data <text>").
+// ("data <text>"). Given an application log and a tag, it also plays the
+// pod's application: every 200 ms it writes "TAG seq N" at offset 0 and
+// flushes, and logs "<start ns> <end ns> N ok" or "... N err <exception>".
 const holderScript = `
-import sys, rados, rbd
-conf, user, keyfile, pool, image = sys.argv[1:6]
+import sys, threading, time, rados, rbd
+conf, user, keyfile, pool, image, applog, tag = (sys.argv[1:] + ["", ""])[:7]
 cluster = rados.Rados(conffile=conf, rados_id=user, conf={"keyfile": keyfile})
 cluster.connect(timeout=30)
 ioctx = cluster.open_ioctx(pool)
 img = rbd.Image(ioctx, image)
 print("open", cluster.get_addrs(), cluster.get_instance_id(), flush=True)
+
+def application():
+    seq = 0
+    with open(applog, "a", buffering=1) as log:
+        while True:
+            seq += 1
+            start = time.time_ns()
+            try:
+                img.write(("%s seq %d" % (tag, seq)).ljust(64).encode(), 0)
+                img.flush()
+                log.write("%d %d %d ok\n" % (start, time.time_ns(), seq))
+            except Exception as e:
+                log.write("%d %d %d err %s %s\n" % (start, time.time_ns(), seq, type(e).__name__, str(e).replace("\n", " ")))
+            time.sleep(0.2)
+
+if applog:
+    threading.Thread(target=application, daemon=True).start()
 for line in sys.stdin:
     op, off, arg = (line.rstrip("\n").split(" ", 2) + ["", ""])[:3]
     try:
@@ -86,6 +105,10 @@ type HolderConfig struct {
 	// test can kill it alone); otherwise it shares its parent's, and dies
 	// with it when the group is killed.
 	OwnProcessGroup bool
+	// AppLog, if set, makes the holder play the pod's application: it
+	// writes "AppTag seq N" at offset 0 every 200 ms and logs each result
+	// there (see ReadAppLog).
+	AppLog, AppTag string
 }
 
 // Hold starts a client that opens image as the cluster's user and returns
@@ -101,7 +124,7 @@ func (c *Cluster) Hold(image string) (*Holder, error) {
 // StartHolder starts a client that opens image and returns once the image is
 // open (its watch registered).
 func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
-	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image)
+	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image, cfg.AppLog, cfg.AppTag)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: cfg.OwnProcessGroup}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -224,4 +247,64 @@ func (h *Holder) Close() {
 	case <-time.After(10 * time.Second):
 		h.Kill()
 	}
+}
+
+// AppWrite is one write of a holder's application.
+type AppWrite struct {
+	// Started is when the application issued the write, Ended when the
+	// write and its flush returned.
+	Started, Ended time.Time
+	Seq            int
+	Landed         bool
+	Error          string
+}
+
+// ReadAppLog reads an application log; a missing log has no writes.
+func ReadAppLog(path string) ([]AppWrite, error) {
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var writes []AppWrite
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.SplitN(line, " ", 5)
+		if len(f) < 4 {
+			continue // a line cut short by a kill
+		}
+		start, err1 := strconv.ParseInt(f[0], 10, 64)
+		end, err2 := strconv.ParseInt(f[1], 10, 64)
+		seq, err3 := strconv.Atoi(f[2])
+		if err1 != nil || err2 != nil || err3 != nil || (f[3] != "ok" && f[3] != "err") {
+			return nil, fmt.Errorf("%s: cannot read %q", path, line)
+		}
+		w := AppWrite{Started: time.Unix(0, start), Ended: time.Unix(0, end), Seq: seq, Landed: f[3] == "ok"}
+		if len(f) == 5 {
+			w.Error = f[4]
+		}
+		writes = append(writes, w)
+	}
+	return writes, nil
+}
+
+// CheckMapFailedAtKernel tells whether "rbd map" failed only where the
+// kernel comes in (there is no rbd module here), after it accepted its
+// arguments: the real rbd then validated the argument list.
+func CheckMapFailedAtKernel(out []byte, err error) error {
+	s := string(out)
+	for _, refused := range []string{"unknown map option", "couldn't parse map options", "unrecognised option",
+		"unrecognized option", "too many arguments"} {
+		if strings.Contains(strings.ToLower(s), refused) {
+			return fmt.Errorf("rbd refused the map arguments: %s", strings.TrimSpace(s))
+		}
+	}
+	if err == nil {
+		return fmt.Errorf("rbd map succeeded without a kernel module: %s", strings.TrimSpace(s))
+	}
+	if !strings.Contains(s, "rbd: map failed: ") {
+		return fmt.Errorf("rbd map failed before the kernel step: %v: %s", err, strings.TrimSpace(s))
+	}
+	return nil
 }

@@ -22,8 +22,11 @@ limitations under the License.
 // attach/detach controller lists in status.volumesAttached runs the patched
 // RBD plugin's WaitForAttach (the real watcher gate against real Ceph).
 // There is no kernel rbd here, so the "rbd map" the plugin runs once the gate
-// lets it through is carried out by a librbd client that opens the image and
-// keeps it open (a watcher, as a kernel mapping is) until the node lets go.
+// and the fence let it through runs for real (and must fail only at the
+// kernel step) and is then carried out by a librbd client that opens the
+// image and keeps it open (a watcher, as a kernel mapping is) until the node
+// lets go; that client also plays the pod's application, writing a record
+// every 200 ms.
 //
 // The agent writes what it has mapped to a state file the harness reads.
 package nodeagent
@@ -79,6 +82,10 @@ type Config struct {
 	// Heartbeat is how often the Lease and the Ready condition are renewed,
 	// and Sync how often pods and the Node are read.
 	Heartbeat, Sync time.Duration
+	// KubeletVersion is what the Node reports as its kubelet's version: a
+	// patched kubelet's carries "+rbdfailover", which the patched
+	// controller requires of a failover's target.
+	KubeletVersion string
 }
 
 // Mapping is an image the node has mapped.
@@ -88,9 +95,13 @@ type Mapping struct {
 	// ReadOnly is true when the plugin mapped the image read-only.
 	ReadOnly bool `json:"readOnly"`
 	// Address and Client identify the mapping's watch on the image.
-	Address string    `json:"address"`
-	Client  uint64    `json:"client"`
-	Since   time.Time `json:"since"`
+	Address string `json:"address"`
+	Client  uint64 `json:"client"`
+	// Since is when the map made the mapping.
+	Since time.Time `json:"since"`
+	// AppLog is the log of the writes the pod's application makes through
+	// the mapping (ceph.ReadAppLog).
+	AppLog string `json:"appLog"`
 }
 
 // AttachError is the last error WaitForAttach returned for a volume.
@@ -147,6 +158,13 @@ func New(cfg Config) (*Agent, error) {
 func (a *Agent) Partition() {
 	a.partitioned.Store(true)
 	klog.InfoS("Partitioned from the API server; mappings kept", "node", a.cfg.Node)
+	_ = a.writeState()
+}
+
+// Heal ends a partition: heartbeat and sync resume.
+func (a *Agent) Heal() {
+	a.partitioned.Store(false)
+	klog.InfoS("Reconnected to the API server", "node", a.cfg.Node)
 	_ = a.writeState()
 }
 
@@ -233,6 +251,7 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 			conditions = append(conditions, c)
 		}
 		node.Status.Conditions = conditions
+		node.Status.NodeInfo.KubeletVersion = a.cfg.KubeletVersion
 		_, err = a.cfg.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 		return err
 	})
@@ -433,9 +452,14 @@ func (a *Agent) attach(name string, pv podVolume) {
 		return
 	}
 	source := spec.PersistentVolume.Spec.RBD
+	appLog := filepath.Join(a.cfg.Dir, "app-"+source.RBDImage+".log")
 	e := &mapExec{Interface: exec.New(), hold: func(args []string) (*ceph.Holder, error) {
-		return ceph.StartHolder(ceph.HolderConfig{Conf: a.cfg.CephConf, User: source.RadosUser, KeyFile: key,
-			Pool: source.RBDPool, Log: filepath.Join(a.cfg.Dir, "holder.log")}, source.RBDImage)
+		cfg := ceph.HolderConfig{Conf: a.cfg.CephConf, User: source.RadosUser, KeyFile: key,
+			Pool: source.RBDPool, Log: filepath.Join(a.cfg.Dir, "holder.log")}
+		if !readOnlyMap(args) {
+			cfg.AppLog, cfg.AppTag = appLog, a.cfg.Node
+		}
+		return ceph.StartHolder(cfg, source.RBDImage)
 	}}
 	attacher, err := a.newAttacher(e)
 	if err != nil {
@@ -443,8 +467,10 @@ func (a *Agent) attach(name string, pv podVolume) {
 		return
 	}
 	klog.InfoS("WaitForAttach", "node", a.cfg.Node, "volume", name, "pod", klog.KObj(pv.pod))
+	// There is no /dev/rbdN to find after the map: a map that the plugin
+	// kept (its holder still runs) ends in the plugin's device timeout.
 	_, err = attacher.WaitForAttach(spec, "", pv.pod, 5*time.Minute)
-	holder, args := e.held()
+	holder, args, heldAt := e.held()
 	if holder == nil {
 		if err == nil {
 			err = fmt.Errorf("WaitForAttach succeeded without mapping")
@@ -454,7 +480,10 @@ func (a *Agent) attach(name string, pv podVolume) {
 	}
 	a.mu.Lock()
 	a.mappings[name] = &mapped{holder: holder, Mapping: Mapping{Volume: name, Image: source.RBDPool + "/" + source.RBDImage,
-		ReadOnly: readOnlyMap(args), Address: holder.Address, Client: holder.Client, Since: time.Now()}}
+		ReadOnly: readOnlyMap(args), Address: holder.Address, Client: holder.Client, Since: heldAt}}
+	if !readOnlyMap(args) {
+		a.mappings[name].AppLog = appLog
+	}
 	delete(a.errors, name)
 	a.mu.Unlock()
 	klog.InfoS("Mapped", "node", a.cfg.Node, "volume", name, "readOnly", readOnlyMap(args), "client", holder.Client)

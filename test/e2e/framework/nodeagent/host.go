@@ -18,12 +18,14 @@ package nodeagent
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/mount-utils"
 	"k8s.io/utils/exec"
@@ -59,25 +61,37 @@ func (h *volumeHost) GetMounter(string) mount.Interface   { return h.mounter }
 func (h *volumeHost) GetExec(string) exec.Interface       { return h.exec }
 func (h *volumeHost) GetHostName() string                 { return filepath.Base(h.dir) }
 
-// errMapHeld ends the plugin's "rbd map": there is no kernel rbd, and the
-// mapping is a librbd client the agent started instead.
-var errMapHeld = errors.New("e2e node agent: no kernel rbd; the mapping is held by a librbd client")
+func (h *volumeHost) GetNodeName() types.NodeName { return types.NodeName(filepath.Base(h.dir)) }
 
-// mapExec runs every command for real except "rbd map", which it turns into
-// a librbd client that opens the image (so the image gets the watcher a
-// kernel mapping would give it) at the moment the kernel would map it.
+// GetEventRecorder: the agent records no events (the plugin logs too).
+func (h *volumeHost) GetEventRecorder() record.EventRecorder { return nil }
+
+// mapExec runs every command for real except what only the kernel can do.
+// "rbd map" first runs for real with the plugin's arguments and must fail at
+// the kernel step (there is no rbd module here), which proves rbd accepts
+// them; then a librbd client opens the image (so the image gets the watch a
+// kernel mapping would give it) and the map succeeds. "rbd unmap POOL/IMAGE"
+// (the plugin's unmap after a failed claim) closes that client.
 type mapExec struct {
 	exec.Interface
 	hold func(args []string) (*ceph.Holder, error)
+	// checkArgs runs the real "rbd map", and release closes a holder;
+	// tests replace them.
+	checkArgs func(ctx context.Context, args []string) error
+	release   func(*ceph.Holder)
 
 	mu     sync.Mutex
 	holder *ceph.Holder
 	args   []string
+	heldAt time.Time
 }
 
 func (e *mapExec) CommandContext(ctx context.Context, cmd string, args ...string) exec.Cmd {
-	if cmd == "rbd" && len(args) > 0 && args[0] == "map" {
-		return &mapCmd{Cmd: e.Interface.CommandContext(ctx, "false"), e: e, args: args}
+	if cmd == "rbd" && len(args) > 1 && args[0] == "map" {
+		return &mapCmd{Cmd: e.Interface.CommandContext(ctx, "true"), run: func() ([]byte, error) { return e.mapImage(ctx, args) }}
+	}
+	if cmd == "rbd" && len(args) > 1 && args[0] == "unmap" && !strings.HasPrefix(args[1], "/dev/") {
+		return &mapCmd{Cmd: e.Interface.CommandContext(ctx, "true"), run: e.unmapImage}
 	}
 	return e.Interface.CommandContext(ctx, cmd, args...)
 }
@@ -86,32 +100,61 @@ func (e *mapExec) Command(cmd string, args ...string) exec.Cmd {
 	return e.CommandContext(context.Background(), cmd, args...)
 }
 
-// held returns the holder a map started, if any, and the map's arguments.
-func (e *mapExec) held() (*ceph.Holder, []string) {
+func (e *mapExec) mapImage(ctx context.Context, args []string) ([]byte, error) {
+	check := e.checkArgs
+	if check == nil {
+		check = e.realMap
+	}
+	if err := check(ctx, args); err != nil {
+		return []byte(err.Error()), err
+	}
+	h, err := e.hold(args)
+	if err != nil {
+		return []byte(err.Error()), err
+	}
+	e.mu.Lock()
+	e.holder, e.args, e.heldAt = h, args, time.Now()
+	e.mu.Unlock()
+	return nil, nil
+}
+
+// realMap runs the real "rbd map" with args and requires it to fail at the
+// kernel step.
+func (e *mapExec) realMap(ctx context.Context, args []string) error {
+	out, err := e.Interface.CommandContext(ctx, "rbd", args...).CombinedOutput()
+	return ceph.CheckMapFailedAtKernel(out, err)
+}
+
+func (e *mapExec) unmapImage() ([]byte, error) {
+	e.mu.Lock()
+	h := e.holder
+	e.holder = nil
+	e.mu.Unlock()
+	switch {
+	case h != nil && e.release != nil:
+		e.release(h)
+	case h != nil:
+		h.Close()
+	}
+	return nil, nil
+}
+
+// held returns the holder a map started and kept, if any, the map's
+// arguments and when it started.
+func (e *mapExec) held() (*ceph.Holder, []string, time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.holder, e.args
+	return e.holder, e.args, e.heldAt
 }
 
 type mapCmd struct {
 	exec.Cmd
-	e    *mapExec
-	args []string
+	run func() ([]byte, error)
 }
 
-func (c *mapCmd) CombinedOutput() ([]byte, error) {
-	h, err := c.e.hold(c.args)
-	if err != nil {
-		return []byte(err.Error()), err
-	}
-	c.e.mu.Lock()
-	c.e.holder, c.e.args = h, c.args
-	c.e.mu.Unlock()
-	return []byte(errMapHeld.Error()), errMapHeld
-}
-
-func (c *mapCmd) Output() ([]byte, error) { return c.CombinedOutput() }
+func (c *mapCmd) CombinedOutput() ([]byte, error) { return c.run() }
+func (c *mapCmd) Output() ([]byte, error)         { return c.run() }
 func (c *mapCmd) Run() error {
-	_, err := c.CombinedOutput()
+	_, err := c.run()
 	return err
 }

@@ -42,13 +42,16 @@ type LaunchOptions struct {
 	// Env is added to the agent's environment (CEPH_CONF for the plugin's
 	// rbd commands).
 	Env []string
+	// KubeletVersion is what the Node reports as its kubelet's version.
+	KubeletVersion string
 }
 
 // Launch starts the agent of node and waits until it has written its state.
 func Launch(node string, o LaunchOptions) (*Node, error) {
 	dir := filepath.Join(o.Dir, node)
 	proc, err := process.Start("node-agent-"+node, o.LogDir, o.Env, o.Binary,
-		"--kubeconfig="+o.Kubeconfig, "--node="+node, "--dir="+dir, "--ceph-conf="+o.CephConf)
+		"--kubeconfig="+o.Kubeconfig, "--node="+node, "--dir="+dir, "--ceph-conf="+o.CephConf,
+		"--kubelet-version="+o.KubeletVersion)
 	if err != nil {
 		return nil, err
 	}
@@ -70,10 +73,26 @@ func (n *Node) PowerOff() { n.proc.Kill() }
 // Partition cuts the agent off the API server; its Ceph clients stay.
 func (n *Node) Partition() error {
 	if err := n.proc.Signal(syscall.SIGUSR1); err != nil {
-		return fmt.Errorf("partition %s: %v", n.Name, err)
+		return fmt.Errorf("partition %s: %w", n.Name, err)
 	}
 	return nil
 }
+
+// Heal ends a partition.
+func (n *Node) Heal() error {
+	if err := n.proc.Signal(syscall.SIGUSR2); err != nil {
+		return fmt.Errorf("heal %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// Freeze stops the whole node (the agent and its librbd clients) at once,
+// as a paused VM or a hung kernel: no heartbeat, no Ceph traffic, nothing
+// closed. Thaw resumes it where it stopped.
+func (n *Node) Freeze() error { return n.proc.SignalGroup(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen node.
+func (n *Node) Thaw() error { return n.proc.SignalGroup(syscall.SIGCONT) }
 
 // Alive reports whether the agent (and so its mappings) still runs.
 func (n *Node) Alive() bool { return !n.proc.Exited() }

@@ -141,6 +141,9 @@ func (p *Process) Exited() bool {
 // Signal sends sig to the process alone.
 func (p *Process) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 
+// SignalGroup sends sig to the process's whole process group.
+func (p *Process) SignalGroup(sig syscall.Signal) error { return syscall.Kill(-p.Pid(), sig) }
+
 // Kill ends the whole process group at once, as a power cut would, and
 // waits until the process is gone.
 func (p *Process) Kill() {

@@ -21,7 +21,6 @@ package rbdplugin
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,6 +35,8 @@ import (
 	"k8s.io/kubernetes/pkg/volume/rbd"
 	volumetest "k8s.io/kubernetes/pkg/volume/testing"
 	"k8s.io/utils/exec"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 )
 
 const (
@@ -235,7 +236,7 @@ func (m *MapExec) CommandContext(ctx context.Context, cmd string, args ...string
 	case "map":
 		return &interceptedCmd{Cmd: real, run: func() ([]byte, error) {
 			out, err := real.CombinedOutput()
-			if err := CheckKernelStepFailure(out, err); err != nil {
+			if err := ceph.CheckMapFailedAtKernel(out, err); err != nil {
 				return out, err
 			}
 			return nil, m.OnMap(args[1], contains(args, "--read-only"))
@@ -246,25 +247,6 @@ func (m *MapExec) CommandContext(ctx context.Context, cmd string, args ...string
 		}
 	}
 	return real
-}
-
-// CheckKernelStepFailure tells whether "rbd map" failed only where the
-// kernel comes in (no rbd module here), after it accepted its arguments.
-func CheckKernelStepFailure(out []byte, err error) error {
-	s := string(out)
-	for _, refused := range []string{"unknown map option", "couldn't parse map options", "unrecognised option",
-		"unrecognized option", "too many arguments"} {
-		if strings.Contains(strings.ToLower(s), refused) {
-			return fmt.Errorf("rbd refused the map arguments: %s", strings.TrimSpace(s))
-		}
-	}
-	if err == nil {
-		return fmt.Errorf("rbd map succeeded without a kernel module: %s", strings.TrimSpace(s))
-	}
-	if !strings.Contains(s, "rbd: map failed: ") {
-		return fmt.Errorf("rbd map failed before the kernel step: %v: %s", err, strings.TrimSpace(s))
-	}
-	return nil
 }
 
 type interceptedCmd struct {
