@@ -64,29 +64,43 @@ func TestNodeFailure(t *testing.T) {
 
 func (s *scenario) pod(n int) string { return fmt.Sprintf("user-%d-%s-%s", n, s.name, s.build) }
 
-// loseNodeA cuts node-a off (power-off, or partition keeping Ceph) and
-// waits until it is NotReady and its pod is evicted.
-func (s *scenario) loseNodeA(partition bool) {
+// loseNodeA cuts node-a off with cut (a power-off, a partition, a freeze)
+// and waits until it is NotReady and its pod is evicted.
+func (s *scenario) loseNodeA(cut func() error) {
 	s.t.Helper()
-	off := time.Now()
-	s.lostAt = off
-	if partition {
-		if err := s.nodeA.Partition(); err != nil {
-			s.t.Fatal(err)
-		}
-	} else {
-		s.nodeA.PowerOff()
+	s.lostAt = time.Now()
+	if err := cut(); err != nil {
+		s.t.Fatal(err)
 	}
 	notReady := s.waitFor("node-a NotReady", reactDeadline, func() bool { return !s.ready(s.nodeA) })
-	s.row.powerOffToNotReady = notReady.Sub(off)
+	s.row.powerOffToNotReady = notReady.Sub(s.lostAt)
 	s.waitFor("the old pod evicted (Terminating)", reactDeadline, func() bool { return s.terminating(s.pod(0)) })
+}
+
+// powerOff is a cut: node-a and its mapping die at once.
+func (s *scenario) powerOff() error {
+	s.nodeA.PowerOff()
+	return nil
+}
+
+// attachAndMapOnNodeB waits for the controller to attach the volume to
+// node-b and for node-b to map it, records both times and returns the
+// mapping.
+func (s *scenario) attachAndMapOnNodeB(bound time.Time) *nodeagent.Mapping {
+	s.t.Helper()
+	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
+	s.row.boundToAttach = attachedAt.Sub(bound)
+	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
+	mp := s.mapping(s.nodeB)
+	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
+	return mp
 }
 
 // testPowerOff is scenario (a), and with restart scenario (d): the
 // controller is down while the replacement pod is bound.
 func testPowerOff(ctx context.Context, t *testing.T, s *scenario, restart bool) {
 	defer s.mon.finish()
-	s.loseNodeA(false)
+	s.loseNodeA(s.powerOff)
 	if restart {
 		s.kcm.Stop()
 	}
@@ -110,7 +124,7 @@ func testPowerOff(ctx context.Context, t *testing.T, s *scenario, restart bool) 
 func testSplitBrain(ctx context.Context, t *testing.T, s *scenario) {
 	defer s.mon.finish()
 	old := s.mapping(s.nodeA)
-	s.loseNodeA(true)
+	s.loseNodeA(s.nodeA.Partition)
 	bound := s.createPod(1, s.nodeB)
 	if s.build == "stock" {
 		s.expectStuck(bound)
@@ -155,12 +169,7 @@ func testRWXWorkaround(ctx context.Context, t *testing.T, s *scenario) {
 	defer s.mon.finish()
 	off := time.Now()
 	s.nodeA.PowerOff()
-	bound := s.createPod(1, s.nodeB)
-	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
-	s.row.boundToAttach = attachedAt.Sub(bound)
-	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
-	mp := s.mapping(s.nodeB)
-	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
+	mp := s.attachAndMapOnNodeB(s.createPod(1, s.nodeB))
 	s.row.outcome = "attached to node-b at once (no RWO check); the gate held the map until node-a's watch expired"
 	s.row.note("power-off → node-b mapped: %v (replacement pod bound right after the power-off)", mp.Since.Sub(off).Round(100*time.Millisecond))
 }
@@ -187,12 +196,8 @@ func (s *scenario) expectStuck(bound time.Time) {
 // expired (the monitor counts any overlap as a double mapping).
 func (s *scenario) expectFailover(bound time.Time) {
 	s.t.Helper()
-	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
-	s.row.boundToAttach = attachedAt.Sub(bound)
+	mp := s.attachAndMapOnNodeB(bound)
 	msg := s.expectEvent(s.pod(1), "FencedFailover", "that are down")
-	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
-	mp := s.mapping(s.nodeB)
-	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
 	s.row.outcome = "failed over: attached to node-b (FencedFailover), mapped after node-a's watch expired"
 	s.row.note("power-off → node-b mapped: %v", mp.Since.Sub(s.lostAt).Round(100*time.Millisecond))
 	s.row.note("event: %s", msg)
@@ -237,23 +242,14 @@ func testFrozenNode(ctx context.Context, t *testing.T, s *scenario) {
 	// Cut node-a off the API server first so that, woken up, it does not
 	// hear of its pod's deletion and let go of the mapping: what a frozen
 	// kernel's queued writes do, its application then does.
-	if err := s.nodeA.Partition(); err != nil {
-		t.Fatal(err)
-	}
-	s.waitFor("node-a partitioned", reactDeadline, func() bool { st, err := s.nodeA.State(); return err == nil && st.Partitioned })
-	if err := s.nodeA.Freeze(); err != nil {
-		t.Fatal(err)
-	}
-	s.lostAt = time.Now()
-	notReady := s.waitFor("node-a NotReady", reactDeadline, func() bool { return !s.ready(s.nodeA) })
-	s.row.powerOffToNotReady = notReady.Sub(s.lostAt)
-	s.waitFor("the old pod evicted (Terminating)", reactDeadline, func() bool { return s.terminating(s.pod(0)) })
-	bound := s.createPod(1, s.nodeB)
-	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
-	s.row.boundToAttach = attachedAt.Sub(bound)
-	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
-	mp := s.mapping(s.nodeB)
-	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
+	s.loseNodeA(func() error {
+		if err := s.nodeA.Partition(); err != nil {
+			return err
+		}
+		s.waitFor("node-a partitioned", reactDeadline, func() bool { st, err := s.nodeA.State(); return err == nil && st.Partitioned })
+		return s.nodeA.Freeze()
+	})
+	mp := s.attachAndMapOnNodeB(s.createPod(1, s.nodeB))
 	s.waitFor("node-b's application writing", reactDeadline, func() bool { return len(s.appWrites(mp, true)) > 0 })
 
 	woke := time.Now()
@@ -300,10 +296,10 @@ func testFrozenNode(ctx context.Context, t *testing.T, s *scenario) {
 // attached to node-a only.
 func testShortNotReady(ctx context.Context, t *testing.T, s *scenario) {
 	defer s.mon.finish()
+	s.lostAt = time.Now()
 	if err := s.nodeA.Partition(); err != nil {
 		t.Fatal(err)
 	}
-	s.lostAt = time.Now()
 	notReady := s.waitFor("node-a NotReady", reactDeadline, func() bool { return !s.ready(s.nodeA) })
 	s.row.powerOffToNotReady = notReady.Sub(s.lostAt)
 	s.createPod(1, s.nodeB)

@@ -168,12 +168,16 @@ func (s *scenario) createVolume(mode v1.PersistentVolumeAccessMode) {
 // so the taint eviction controller evicts it as soon as the node is tainted.
 func (s *scenario) createPod(n int, node *nodeagent.Node) time.Time {
 	name := s.pod(n)
-	tolerate := int64(s.tolerate / time.Second)
+	tolerate, grace := int64(s.tolerate/time.Second), int64(2)
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{"app": "user"}},
 		Spec: v1.PodSpec{
-			NodeName:   node.Name,
-			Containers: []v1.Container{{Name: "user", Image: "registry.k8s.io/pause:3.9"}},
+			NodeName: node.Name,
+			// The controller fails over only once an evicted pod's grace
+			// period is over; 2 s instead of the default 30 s keeps the
+			// suite short.
+			TerminationGracePeriodSeconds: &grace,
+			Containers:                    []v1.Container{{Name: "user", Image: "registry.k8s.io/pause:3.9"}},
 			Volumes: []v1.Volume{{Name: "data", VolumeSource: v1.VolumeSource{
 				PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: s.pvc}}}},
 			Tolerations: []v1.Toleration{

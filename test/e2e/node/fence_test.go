@@ -20,8 +20,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,34 +46,16 @@ type node struct {
 	name string
 	t    *testing.T
 	exec *rbdplugin.MapExec
-	mu   sync.Mutex
-	dev  *ceph.Holder
 }
 
 func newNode(t *testing.T, name string) *node {
-	n := &node{name: name, t: t}
 	keyFile, err := cluster.HolderKeyFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.exec = rbdplugin.NewMapExec(func(image string, readOnly bool) error {
-		h, err := ceph.StartHolder(cluster.HolderConfig(keyFile), strings.TrimPrefix(image, "rbd/"))
-		if err != nil {
-			return err
-		}
-		n.mu.Lock()
-		n.dev = h
-		n.mu.Unlock()
-		return nil
-	}, func(string) error {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		if n.dev != nil {
-			n.dev.Close()
-			n.dev = nil
-		}
-		return nil
-	})
+	n := &node{name: name, t: t, exec: rbdplugin.NewMapExec(func(args []string) (*ceph.Holder, error) {
+		return ceph.StartHolder(cluster.HolderConfig(keyFile), strings.TrimPrefix(args[1], "rbd/"))
+	})}
 	t.Cleanup(func() {
 		if d := n.device(); d != nil {
 			d.Kill()
@@ -82,10 +64,10 @@ func newNode(t *testing.T, name string) *node {
 	return n
 }
 
+// device is the librbd client standing in for the node's mapping.
 func (n *node) device() *ceph.Holder {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.dev
+	h, _, _ := n.exec.Held()
+	return h
 }
 
 // attach runs the plugin's WaitForAttach. There is no /dev/rbdN to find
@@ -136,16 +118,7 @@ func TestFrozenHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	frozen := time.Now()
-	for {
-		w, err := cluster.Watchers(ctx, vol.Image)
-		if err == nil && len(w) == 0 {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("node-a's watch never expired")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitNoWatchers(ctx, t, vol.Image)
 	expired := time.Since(frozen)
 
 	start := time.Now()
@@ -227,6 +200,21 @@ func TestFrozenHolder(t *testing.T) {
 	}
 }
 
+// waitNoWatchers waits until the image has no watcher left.
+func waitNoWatchers(ctx context.Context, t *testing.T, image string) {
+	t.Helper()
+	for {
+		w, err := cluster.Watchers(ctx, image)
+		if err == nil && len(w) == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the watchers of %s did not go: %v %v", image, w, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func holderKeys(meta map[string]string) []string {
 	var keys []string
 	for k := range meta {
@@ -235,4 +223,92 @@ func holderKeys(meta map[string]string) []string {
 		}
 	}
 	return keys
+}
+
+// TestFenceAndRecordCost measures what the fence and the record add to an
+// attach: the fence from the first "rbd image-meta list" to the start of
+// "rbd map" (nothing to fence on an ordinary attach; one blocklist on a
+// failover), the record from the first "rbd status" after the map to the
+// end of the last "rbd image-meta set". Figures go to the report, not into
+// assertions.
+func TestFenceAndRecordCost(t *testing.T) {
+	if pluginBuild() != "patched" {
+		t.Skip("the stock plugin neither fences nor records")
+	}
+	t.Parallel()
+	var record, fenceNone, fenceOne []time.Duration
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		vol := newImage(t, fmt.Sprintf("cost-%d", i))
+		a := newNode(t, "node-a")
+		if err := a.attach(vol); err != nil {
+			t.Fatalf("node-a attach: %v", err)
+		}
+		fenceNone = append(fenceNone, fenceCost(t, a.exec))
+		record = append(record, recordCost(t, a.exec))
+		// Node-a lets go without removing its record, as after a kubelet
+		// restart: node-b fences a client that is gone, which costs the
+		// same as fencing a live one.
+		a.device().Close()
+		waitNoWatchers(ctx, t, vol.Image)
+		b := newNode(t, "node-b")
+		if err := b.attach(vol); err != nil {
+			t.Fatalf("node-b attach: %v", err)
+		}
+		if len(b.exec.Calls("ceph", "osd")) == 0 {
+			t.Fatalf("node-b did not fence node-a's recorded client")
+		}
+		fenceOne = append(fenceOne, fenceCost(t, b.exec))
+		record = append(record, recordCost(t, b.exec))
+	}
+	report("- cost of the fence before a map: nothing to fence p50 %v max %v; one client to blocklist p50 %v max %v (%d attaches each)\n",
+		p50(fenceNone), maxOf(fenceNone), p50(fenceOne), maxOf(fenceOne), len(fenceOne))
+	report("- cost of the post-map check and record: p50 %v max %v (%d attaches)\n", p50(record), maxOf(record), len(record))
+}
+
+func fenceCost(t *testing.T, e *rbdplugin.MapExec) time.Duration {
+	t.Helper()
+	lists, maps := e.Calls("rbd", "image-meta"), e.Calls("rbd", "map")
+	if len(lists) == 0 || len(maps) == 0 {
+		t.Fatalf("no image-meta or map call to measure")
+	}
+	return maps[0].Start.Sub(lists[0].Start)
+}
+
+func recordCost(t *testing.T, e *rbdplugin.MapExec) time.Duration {
+	t.Helper()
+	maps := e.Calls("rbd", "map")
+	var start, end time.Time
+	for _, c := range e.Calls("rbd", "") {
+		if c.Start.Before(maps[0].Start) {
+			continue
+		}
+		if len(c.Args) > 1 && c.Args[1] == "status" && start.IsZero() {
+			start = c.Start
+		}
+		if len(c.Args) > 2 && c.Args[1] == "image-meta" && c.Args[2] == "set" {
+			end = c.End
+		}
+	}
+	if start.IsZero() || end.IsZero() {
+		t.Fatalf("no post-map status or record to measure")
+	}
+	return end.Sub(start)
+}
+
+func p50(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2].Round(time.Millisecond)
+}
+
+func maxOf(d []time.Duration) time.Duration {
+	m := time.Duration(0)
+	for _, x := range d {
+		if x > m {
+			m = x
+		}
+	}
+	return m.Round(time.Millisecond)
 }

@@ -31,6 +31,9 @@ type holder struct {
 	state nodeState
 	// pod: how the pod using the volume there looks.
 	pod podState
+	// stock: the holder's kubelet does not fence (so its mapping was not
+	// recorded on the image).
+	stock bool
 }
 
 type podState int
@@ -42,15 +45,17 @@ const (
 	// podDeletedLater: scheduled running, then marked for deletion (the
 	// update reaches the controller's desired state as a second AddPod).
 	podDeletedLater
+	// podInGrace: being deleted, its grace period not over yet.
+	podInGrace
 )
 
 // TestFencedFailover pins the controller-side rules of docs/design.md: a
 // volume that does not allow multi-attach, attached to node-a and wanted by
 // a pod on node-b, is attached to node-b only when it is an RBD
 // PersistentVolume, every node holding it is down for good (Node deleted,
-// tainted out-of-service, or NotReady with its pod being deleted) and
-// node-b's kubelet fences; otherwise upstream's Multi-Attach error is
-// reported and nothing is attached.
+// tainted out-of-service, or unreachable with a fencing kubelet and its pod
+// deleted past its grace period) and node-b's kubelet fences; otherwise
+// upstream's Multi-Attach error is reported and nothing is attached.
 func TestFencedFailover(t *testing.T) {
 	rwo := []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce}
 	rows := []struct {
@@ -75,15 +80,18 @@ func TestFencedFailover(t *testing.T) {
 			holders: map[types.NodeName]holder{"node-a": {state: notReady}}},
 		{name: "holder Unknown with its pod running gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
 			holders: map[types.NodeName]holder{"node-a": {state: unknown}}},
-		{name: "holder NotReady with its pod being deleted fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			holders:  map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}},
-			failover: true, reason: "node-a (not_ready_pod_deleted)"},
+		{name: "holder NotReady but posting status with its pod being deleted gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}},
+		{name: "holder Unknown with its pod in its grace period gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podInGrace}}},
+		{name: "holder Unknown with a stock kubelet gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting, stock: true}}},
 		{name: "holder Unknown with its pod being deleted fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
 			holders:  map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}},
-			failover: true, reason: "node-a (not_ready_pod_deleted)"},
+			failover: true, reason: "node-a (unreachable_pod_deleted)"},
 		{name: "holder Unknown whose pod is deleted later fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
 			holders:  map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeletedLater}},
-			failover: true, reason: "node-a (not_ready_pod_deleted)"},
+			failover: true, reason: "node-a (unreachable_pod_deleted)"},
 		{name: "holder deleted fails over", spec: func() *volume.Spec { return rbdPV(rwo...) },
 			holders:  map[types.NodeName]holder{"node-a": {state: deleted}},
 			failover: true, reason: "node-a (node_deleted)"},
@@ -91,7 +99,7 @@ func TestFencedFailover(t *testing.T) {
 			holders:  map[types.NodeName]holder{"node-a": {state: outOfService}},
 			failover: true, reason: "node-a (out_of_service)"},
 		{name: "target with a stock kubelet gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}, target: stockKubelet,
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}}, target: stockKubelet,
 			refused: "the kubelet of node node-b (\"v1.30.14\") does not fence"},
 		// Upstream allows multi-attach of every inline volume but Azure Disk
 		// and Cinder (util.IsMultiAttachAllowed): an inline RBD volume is
@@ -99,11 +107,11 @@ func TestFencedFailover(t *testing.T) {
 		{name: "inline RBD volume is attached as upstream does", spec: rbdInline,
 			holders: map[types.NodeName]holder{"node-a": {state: ready}}, plainAttach: true},
 		{name: "one holder down and one up gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}, "node-c": {state: ready}}},
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}, "node-c": {state: ready}}},
 		{name: "non-RBD RWO volume with holder down gets Multi-Attach", spec: iscsiPV,
-			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}},
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}}},
 		{name: "gate off gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			holders: map[types.NodeName]holder{"node-a": {state: notReady, pod: podDeleting}}, gateOff: true},
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}}, gateOff: true},
 	}
 	for _, row := range rows {
 		t.Run(row.name, func(t *testing.T) {
@@ -114,7 +122,11 @@ func TestFencedFailover(t *testing.T) {
 			}
 			nodes := []*v1.Node{withKubelet(node("node-b", ready), target)}
 			for n, h := range row.holders {
-				if h.state != deleted {
+				switch {
+				case h.state == deleted:
+				case h.stock:
+					nodes = append(nodes, withKubelet(node(string(n), h.state), stockKubelet))
+				default:
 					nodes = append(nodes, node(string(n), h.state))
 				}
 			}
@@ -123,13 +135,16 @@ func TestFencedFailover(t *testing.T) {
 			for n, h := range row.holders {
 				spec := row.spec()
 				old := pod("old-"+string(n), n)
-				if h.pod == podDeleting {
-					old = deleting(old)
+				switch h.pod {
+				case podDeleting:
+					old = deleting(old, 0)
+				case podInGrace:
+					old = deleting(old, time.Minute)
 				}
 				name = w.schedule(old, spec, n)
 				w.attached(name, spec, n)
 				if h.pod == podDeletedLater {
-					w.schedule(deleting(old), spec, n)
+					w.schedule(deleting(old, 0), spec, n)
 				}
 			}
 			w.schedule(pod("new", "node-b"), row.spec(), "node-b")
@@ -182,9 +197,9 @@ func TestFencedFailover(t *testing.T) {
 // volume attached to node-b only.
 func TestFencedFailoverSerializesAndDetachesOldNode(t *testing.T) {
 	setFencedFailover(t, true)
-	w := newWorld(t, node("node-a", notReady), node("node-b", ready))
+	w := newWorld(t, node("node-a", unknown), node("node-b", ready))
 	spec := rbdPV(v1.ReadWriteOnce)
-	old := deleting(pod("old", "node-a"))
+	old := deleting(pod("old", "node-a"), 0)
 	name := w.schedule(old, spec, "node-a")
 	w.attached(name, spec, "node-a")
 

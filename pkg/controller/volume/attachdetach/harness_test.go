@@ -141,12 +141,13 @@ func pod(name string, n types.NodeName) *v1.Pod {
 	}
 }
 
-// deleting returns the pod as it looks once it is being deleted: evicted
-// from a node that cannot confirm its end, it stays Terminating.
-func deleting(p *v1.Pod) *v1.Pod {
+// deleting returns the pod as it looks once it is being deleted, with grace
+// left of its grace period: evicted from a node that cannot confirm its
+// end, it stays Terminating.
+func deleting(p *v1.Pod, grace time.Duration) *v1.Pod {
 	p = p.DeepCopy()
-	now := metav1.Now()
-	p.DeletionTimestamp = &now
+	at := metav1.NewTime(time.Now().Add(grace))
+	p.DeletionTimestamp = &at
 	return p
 }
 

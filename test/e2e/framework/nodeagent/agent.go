@@ -57,6 +57,7 @@ import (
 	"k8s.io/utils/exec"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdmap"
 )
 
 const (
@@ -453,7 +454,7 @@ func (a *Agent) attach(name string, pv podVolume) {
 	}
 	source := spec.PersistentVolume.Spec.RBD
 	appLog := filepath.Join(a.cfg.Dir, "app-"+source.RBDImage+".log")
-	e := &mapExec{Interface: exec.New(), hold: func(args []string) (*ceph.Holder, error) {
+	e := &rbdmap.Exec{Interface: exec.New(), Hold: func(args []string) (*ceph.Holder, error) {
 		cfg := ceph.HolderConfig{Conf: a.cfg.CephConf, User: source.RadosUser, KeyFile: key,
 			Pool: source.RBDPool, Log: filepath.Join(a.cfg.Dir, "holder.log")}
 		if !readOnlyMap(args) {
@@ -470,7 +471,7 @@ func (a *Agent) attach(name string, pv podVolume) {
 	// There is no /dev/rbdN to find after the map: a map that the plugin
 	// kept (its holder still runs) ends in the plugin's device timeout.
 	_, err = attacher.WaitForAttach(spec, "", pv.pod, 5*time.Minute)
-	holder, args, heldAt := e.held()
+	holder, args, heldAt := e.Held()
 	if holder == nil {
 		if err == nil {
 			err = fmt.Errorf("WaitForAttach succeeded without mapping")

@@ -17,11 +17,7 @@ limitations under the License.
 package nodeagent
 
 import (
-	"context"
 	"path/filepath"
-	"strings"
-	"sync"
-	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -29,8 +25,6 @@ import (
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/mount-utils"
 	"k8s.io/utils/exec"
-
-	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 )
 
 // volumeHost is the part of the kubelet's volume host the RBD plugin's
@@ -65,96 +59,3 @@ func (h *volumeHost) GetNodeName() types.NodeName { return types.NodeName(filepa
 
 // GetEventRecorder: the agent records no events (the plugin logs too).
 func (h *volumeHost) GetEventRecorder() record.EventRecorder { return nil }
-
-// mapExec runs every command for real except what only the kernel can do.
-// "rbd map" first runs for real with the plugin's arguments and must fail at
-// the kernel step (there is no rbd module here), which proves rbd accepts
-// them; then a librbd client opens the image (so the image gets the watch a
-// kernel mapping would give it) and the map succeeds. "rbd unmap POOL/IMAGE"
-// (the plugin's unmap after a failed claim) closes that client.
-type mapExec struct {
-	exec.Interface
-	hold func(args []string) (*ceph.Holder, error)
-	// checkArgs runs the real "rbd map", and release closes a holder;
-	// tests replace them.
-	checkArgs func(ctx context.Context, args []string) error
-	release   func(*ceph.Holder)
-
-	mu     sync.Mutex
-	holder *ceph.Holder
-	args   []string
-	heldAt time.Time
-}
-
-func (e *mapExec) CommandContext(ctx context.Context, cmd string, args ...string) exec.Cmd {
-	if cmd == "rbd" && len(args) > 1 && args[0] == "map" {
-		return &mapCmd{Cmd: e.Interface.CommandContext(ctx, "true"), run: func() ([]byte, error) { return e.mapImage(ctx, args) }}
-	}
-	if cmd == "rbd" && len(args) > 1 && args[0] == "unmap" && !strings.HasPrefix(args[1], "/dev/") {
-		return &mapCmd{Cmd: e.Interface.CommandContext(ctx, "true"), run: e.unmapImage}
-	}
-	return e.Interface.CommandContext(ctx, cmd, args...)
-}
-
-func (e *mapExec) Command(cmd string, args ...string) exec.Cmd {
-	return e.CommandContext(context.Background(), cmd, args...)
-}
-
-func (e *mapExec) mapImage(ctx context.Context, args []string) ([]byte, error) {
-	check := e.checkArgs
-	if check == nil {
-		check = e.realMap
-	}
-	if err := check(ctx, args); err != nil {
-		return []byte(err.Error()), err
-	}
-	h, err := e.hold(args)
-	if err != nil {
-		return []byte(err.Error()), err
-	}
-	e.mu.Lock()
-	e.holder, e.args, e.heldAt = h, args, time.Now()
-	e.mu.Unlock()
-	return nil, nil
-}
-
-// realMap runs the real "rbd map" with args and requires it to fail at the
-// kernel step.
-func (e *mapExec) realMap(ctx context.Context, args []string) error {
-	out, err := e.Interface.CommandContext(ctx, "rbd", args...).CombinedOutput()
-	return ceph.CheckMapFailedAtKernel(out, err)
-}
-
-func (e *mapExec) unmapImage() ([]byte, error) {
-	e.mu.Lock()
-	h := e.holder
-	e.holder = nil
-	e.mu.Unlock()
-	switch {
-	case h != nil && e.release != nil:
-		e.release(h)
-	case h != nil:
-		h.Close()
-	}
-	return nil, nil
-}
-
-// held returns the holder a map started and kept, if any, the map's
-// arguments and when it started.
-func (e *mapExec) held() (*ceph.Holder, []string, time.Time) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.holder, e.args, e.heldAt
-}
-
-type mapCmd struct {
-	exec.Cmd
-	run func() ([]byte, error)
-}
-
-func (c *mapCmd) CombinedOutput() ([]byte, error) { return c.run() }
-func (c *mapCmd) Output() ([]byte, error)         { return c.run() }
-func (c *mapCmd) Run() error {
-	_, err := c.run()
-	return err
-}

@@ -17,92 +17,9 @@ limitations under the License.
 package nodeagent
 
 import (
-	"context"
-	"errors"
 	"strings"
 	"testing"
-
-	"k8s.io/utils/exec"
-
-	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 )
-
-func TestMapExecTurnsRbdMapIntoAHolder(t *testing.T) {
-	holder := &ceph.Holder{Address: "127.0.0.1:0/1", Client: 7}
-	var heldArgs, checked []string
-	var released *ceph.Holder
-	e := &mapExec{Interface: exec.New(), hold: func(args []string) (*ceph.Holder, error) {
-		heldArgs = args
-		return holder, nil
-	}, checkArgs: func(_ context.Context, args []string) error {
-		checked = args
-		return nil
-	}, release: func(h *ceph.Holder) { released = h }}
-	out, err := e.CommandContext(context.Background(), "rbd", "map", "rbd/img", "--read-only").CombinedOutput()
-	if err != nil {
-		t.Fatalf("rbd map: %v (%s), want success once the holder runs", err, out)
-	}
-	got, args, at := e.held()
-	if got != holder || len(args) != 3 || !readOnlyMap(args) || len(heldArgs) != 3 || len(checked) != 3 || at.IsZero() {
-		t.Errorf("held %v %v at %v (checked %v), want the holder and the map's arguments", got, args, at, checked)
-	}
-	// The plugin's unmap of the image after a failed claim lets go of it.
-	if _, err := e.Command("rbd", "unmap", "rbd/img").CombinedOutput(); err != nil {
-		t.Fatalf("rbd unmap: %v", err)
-	}
-	if h, _, _ := e.held(); h != nil || released != holder {
-		t.Errorf("still held after the unmap (%v), or released %v instead of the holder", h, released)
-	}
-	// Other commands run for real.
-	if out, err := e.Command("echo", "status").CombinedOutput(); err != nil || string(out) != "status\n" {
-		t.Errorf("echo: %q %v", out, err)
-	}
-}
-
-func TestMapExecRefusesWhatRbdRefuses(t *testing.T) {
-	e := &mapExec{Interface: exec.New(), hold: func([]string) (*ceph.Holder, error) {
-		t.Fatal("a holder started for arguments rbd refused")
-		return nil, nil
-	}, checkArgs: func(context.Context, []string) error {
-		return ceph.CheckMapFailedAtKernel([]byte("rbd: unknown map option 'noshareX'\nrbd: couldn't parse map options"), errors.New("exit status 22"))
-	}}
-	if _, err := e.Command("rbd", "map", "rbd/img", "-o", "noshareX").CombinedOutput(); err == nil || !strings.Contains(err.Error(), "refused the map arguments") {
-		t.Fatalf("error = %v, want the argument check's", err)
-	}
-}
-
-func TestMapExecReportsAHolderThatFailed(t *testing.T) {
-	e := &mapExec{Interface: exec.New(), hold: func([]string) (*ceph.Holder, error) {
-		return nil, errors.New("cannot connect")
-	}, checkArgs: func(context.Context, []string) error { return nil }}
-	if _, err := e.Command("rbd", "map", "rbd/img").CombinedOutput(); err == nil || err.Error() != "cannot connect" {
-		t.Fatalf("error = %v, want the holder's", err)
-	}
-	if h, _, _ := e.held(); h != nil {
-		t.Errorf("held %v after a failed hold", h)
-	}
-}
-
-func TestCheckMapFailedAtKernel(t *testing.T) {
-	exit := errors.New("exit status 2")
-	for _, tc := range []struct {
-		out  string
-		err  error
-		want string
-	}{
-		{out: "rbd: failed to get mon address (possible ms_mode mismatch)\nrbd: map failed: (2) No such file or directory\n", err: exit},
-		{out: "rbd: sysfs write failed\nrbd: map failed: (1) Operation not permitted\n", err: exit},
-		{out: "rbd: unknown map option 'noshareX'\nrbd: couldn't parse map options\n", err: exit, want: "refused"},
-		{out: "rbd: unrecognised option '--bogus'\n", err: exit, want: "refused"},
-		{out: "rbd: couldn't connect to the cluster!\n", err: exit, want: "before the kernel step"},
-		{out: "/dev/rbd0\n", want: "succeeded without a kernel module"},
-	} {
-		err := ceph.CheckMapFailedAtKernel([]byte(tc.out), tc.err)
-		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
-			t.Errorf("CheckMapFailedAtKernel(%q) = %v, want %q", tc.out, err, tc.want)
-		}
-	}
-}
 
 func TestReadOnlyMap(t *testing.T) {
 	for args, want := range map[string]bool{

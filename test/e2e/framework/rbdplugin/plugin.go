@@ -37,6 +37,7 @@ import (
 	"k8s.io/utils/exec"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdmap"
 )
 
 const (
@@ -76,7 +77,9 @@ func Pod() *v1.Pod {
 // Call is one command the plugin ran.
 type Call struct {
 	Start time.Time
-	Args  []string
+	// End is when it returned (zero while it runs).
+	End  time.Time
+	Args []string
 }
 
 // RecordingExec runs commands for real and records them.
@@ -89,22 +92,49 @@ type RecordingExec struct {
 // NewRecordingExec wraps the real exec.
 func NewRecordingExec() *RecordingExec { return &RecordingExec{Interface: exec.New()} }
 
-func (r *RecordingExec) record(cmd string, args []string) {
+// record notes a command and returns a function that notes its end.
+func (r *RecordingExec) record(cmd string, args []string) func() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls = append(r.calls, Call{Start: time.Now(), Args: append([]string{cmd}, args...)})
+	i := len(r.calls) - 1
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.calls[i].End = time.Now()
+	}
 }
 
 // Command implements exec.Interface.
 func (r *RecordingExec) Command(cmd string, args ...string) exec.Cmd {
-	r.record(cmd, args)
-	return r.Interface.Command(cmd, args...)
+	return r.CommandContext(context.Background(), cmd, args...)
 }
 
 // CommandContext implements exec.Interface.
 func (r *RecordingExec) CommandContext(ctx context.Context, cmd string, args ...string) exec.Cmd {
-	r.record(cmd, args)
-	return r.Interface.CommandContext(ctx, cmd, args...)
+	done := r.record(cmd, args)
+	return &timedCmd{Cmd: r.Interface.CommandContext(ctx, cmd, args...), done: done}
+}
+
+// timedCmd notes when the command returned.
+type timedCmd struct {
+	exec.Cmd
+	done func()
+}
+
+func (c *timedCmd) CombinedOutput() ([]byte, error) {
+	defer c.done()
+	return c.Cmd.CombinedOutput()
+}
+
+func (c *timedCmd) Output() ([]byte, error) {
+	defer c.done()
+	return c.Cmd.Output()
+}
+
+func (c *timedCmd) Run() error {
+	defer c.done()
+	return c.Cmd.Run()
 }
 
 // Calls returns the commands whose first two words are cmd and sub ("" for
@@ -204,68 +234,28 @@ func (s *CmdlineSampler) Stop() []string {
 	return s.samples
 }
 
-// MapExec runs every command for real except what only the kernel can do:
-// "rbd map" first runs for real with the plugin's arguments and must fail at
-// the kernel step (there is no rbd module here), which proves the argument
-// list is one rbd accepts; then OnMap gives the image a mapping, such as a
-// librbd client whose watch stands in for the kernel's. "rbd unmap" of an
-// image calls OnUnmap.
+// MapExec is a RecordingExec whose "rbd map" is carried out by a librbd
+// client (rbdmap.Exec): hold starts it, and unmapping the image by name
+// closes it.
 type MapExec struct {
 	*RecordingExec
-	OnMap   func(image string, readOnly bool) error
-	OnUnmap func(image string) error
+	*rbdmap.Exec
 }
 
-// NewMapExec wraps the real exec.
-func NewMapExec(onMap func(image string, readOnly bool) error, onUnmap func(image string) error) *MapExec {
-	return &MapExec{RecordingExec: NewRecordingExec(), OnMap: onMap, OnUnmap: onUnmap}
+// NewMapExec records every command; hold starts the client that stands in
+// for the mapping.
+func NewMapExec(hold func(args []string) (*ceph.Holder, error)) *MapExec {
+	r := NewRecordingExec()
+	return &MapExec{RecordingExec: r, Exec: &rbdmap.Exec{Interface: r, Hold: hold}}
 }
 
 // Command implements exec.Interface.
-func (m *MapExec) Command(cmd string, args ...string) exec.Cmd {
-	return m.CommandContext(context.Background(), cmd, args...)
-}
+func (m *MapExec) Command(cmd string, args ...string) exec.Cmd { return m.Exec.Command(cmd, args...) }
 
 // CommandContext implements exec.Interface.
 func (m *MapExec) CommandContext(ctx context.Context, cmd string, args ...string) exec.Cmd {
-	real := m.RecordingExec.CommandContext(ctx, cmd, args...)
-	if cmd != "rbd" || len(args) < 2 {
-		return real
-	}
-	switch args[0] {
-	case "map":
-		return &interceptedCmd{Cmd: real, run: func() ([]byte, error) {
-			out, err := real.CombinedOutput()
-			if err := ceph.CheckMapFailedAtKernel(out, err); err != nil {
-				return out, err
-			}
-			return nil, m.OnMap(args[1], contains(args, "--read-only"))
-		}}
-	case "unmap":
-		if strings.Contains(args[1], "/") && !strings.HasPrefix(args[1], "/dev/") {
-			return &interceptedCmd{Cmd: real, run: func() ([]byte, error) { return nil, m.OnUnmap(args[1]) }}
-		}
-	}
-	return real
+	return m.Exec.CommandContext(ctx, cmd, args...)
 }
 
-type interceptedCmd struct {
-	exec.Cmd
-	run func() ([]byte, error)
-}
-
-func (c *interceptedCmd) CombinedOutput() ([]byte, error) { return c.run() }
-func (c *interceptedCmd) Output() ([]byte, error)         { return c.run() }
-func (c *interceptedCmd) Run() error {
-	_, err := c.run()
-	return err
-}
-
-func contains(args []string, want string) bool {
-	for _, a := range args {
-		if a == want {
-			return true
-		}
-	}
-	return false
-}
+// LookPath implements exec.Interface.
+func (m *MapExec) LookPath(file string) (string, error) { return m.RecordingExec.LookPath(file) }
