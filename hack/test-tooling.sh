@@ -92,6 +92,25 @@ expect "verify-commits fails on a patch without Signed-off-by" fail \
   "no Signed-off-by" hack/verify-commits.sh
 
 fresh_copy
+sed -i '0,/^Subject: \[PATCH\] UPSTREAM: <carry>:/s//Subject: [PATCH] UPSTREAM: <drop>:/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-commits accepts the carry vocabulary (<drop>)" 0 "" hack/verify-commits.sh
+
+fresh_copy
+sed -i '0,/^Subject: \[PATCH\] UPSTREAM: <carry>:/s//Subject: [PATCH] UPSTREAM: <keep>:/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-commits refuses another subject and lists the accepted forms" fail \
+  "UPSTREAM: <12345>: <area>: <summary>" hack/verify-commits.sh
+
+# make verify and make test run the same checks: every hack/verify-*.sh.
+want="$(find "${RBDF_ROOT}/hack" -maxdepth 1 -name 'verify-*.sh' -printf '%f\n' | sed 's/^verify-//; s/\.sh$//' | LC_ALL=C sort)"
+got="$(rbdf::verify::names | LC_ALL=C sort)"
+if [[ -n "${want}" && "${got}" == "${want}" ]]; then
+  echo "PASS: verify's list of checks is every hack/verify-*.sh"
+else
+  echo "FAIL: verify's list of checks is every hack/verify-*.sh (got: ${got//$'\n'/ }; want: ${want//$'\n'/ })"
+  failures=$((failures + 1))
+fi
+
+fresh_copy
 expect "kube-tree rejects an unknown LINE and lists the supported ones" fail \
   "unknown LINE 'v1.99'; supported lines: v1.30 v1.29 v1.28" hack/kube-tree.sh v1.99
 if [[ -e "${scratch}/repo/_output/v1.99" ]]; then

@@ -149,9 +149,9 @@ for line in ${LINES:-${LINE:-$(rbdf::lines::list)}}; do
 done
 
 echo "=== verify"
-for name in patches commits ledger gofmt govet shellcheck; do
+while read -r name; do
   check "verify-${name}" "${RBDF_ROOT}/hack/verify.sh" "${name}"
-done
+done < <(rbdf::verify::names)
 
 echo "=== tooling tests"
 tooling="$(mktemp)"

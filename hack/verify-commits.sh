@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Verifies that each patch of every line is an upstream-shaped commit:
-# "UPSTREAM: <carry>: <area>: <summary>", a Signed-off-by and a release-note.
+# "UPSTREAM: <carry|drop|PR number>: <area>: <summary>" (OpenShift's carry
+# vocabulary), a Signed-off-by and a release-note.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -18,8 +19,10 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
     fi
     subject="$(rbdf::tree::patch_subject "${patch}")"
     message="$(rbdf::tree::patch_message "${patch}")"
-    if ! [[ "${subject}" =~ ^UPSTREAM:\ \<carry\>:\ [a-z0-9./-]+:\ [^\ ].+$ ]]; then
-      rbdf::log::error "${name}: subject '${subject}' is not 'UPSTREAM: <carry>: <area>: <summary>'"
+    if ! [[ "${subject}" =~ ^UPSTREAM:\ \<(carry|drop|[0-9]+)\>:\ [a-z0-9./-]+:\ [^\ ].+$ ]]; then
+      rbdf::log::error "${name}: subject '${subject}' is not one of: 'UPSTREAM: <carry>: <area>: <summary>'" \
+        "(a patch we keep), 'UPSTREAM: <drop>: <area>: <summary>' (dropped at the next rebase)," \
+        "'UPSTREAM: <12345>: <area>: <summary>' (a backport of upstream pull request 12345)"
       failed=1
     fi
     if ! grep -q '^Signed-off-by: .\+ <.\+@.\+>$' <<<"${message}"; then

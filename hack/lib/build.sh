@@ -4,7 +4,7 @@
 readonly RBDF_BINARIES=(kubelet kube-controller-manager)
 
 # rbdf::build::upstream_env prints the environment upstream's scripts need to
-# run in a tree assembled from module zips (see ../shared/ENVIRONMENT.md):
+# run in a tree assembled from module zips:
 # the module zip leaves vendor/modules.txt without vendored code, and the
 # host's Go is new enough, so no .go-version toolchain download.
 rbdf::build::upstream_env() {

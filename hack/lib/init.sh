@@ -17,3 +17,14 @@ source "${RBDF_ROOT}/hack/lib/tree.sh"
 GOCACHE="$(go env GOCACHE)"
 GOMODCACHE="$(go env GOMODCACHE)"
 export GOCACHE GOMODCACHE
+
+# rbdf::verify::names prints the checks hack/verify.sh runs: every
+# hack/verify-*.sh, so that a new one cannot be left out of make verify or
+# make test.
+rbdf::verify::names() {
+  local f
+  for f in "${RBDF_ROOT}"/hack/verify-*.sh; do
+    f="${f##*/verify-}"
+    printf '%s\n' "${f%.sh}"
+  done
+}

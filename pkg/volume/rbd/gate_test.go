@@ -27,7 +27,7 @@ import (
 
 var rwo = volumeUse{accessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce}}
 
-// TestWatcherGateFailsClosed pins invariant 2: rbd status output that does
+// TestWatcherGateFailsClosed pins guarantee 2 of docs/design.md: rbd status output that does
 // not say "no watchers" is an error, and nothing is mapped.
 func TestWatcherGateFailsClosed(t *testing.T) {
 	rows := []struct {
@@ -110,7 +110,7 @@ func TestWatcherGateNamesWatchers(t *testing.T) {
 	}
 }
 
-// TestNoKeyOnArgvOrInLogs pins invariant 5 for the attach path: the cephx
+// TestNoKeyOnArgvOrInLogs pins guarantee 5 of docs/design.md for the attach path: the cephx
 // key is on no command line and in no log line (at -v=10); rbd gets it from a
 // key file that is gone once the call returns.
 func TestNoKeyOnArgvOrInLogs(t *testing.T) {

@@ -24,9 +24,9 @@ import (
 	v1 "k8s.io/api/core/v1"
 )
 
-// TestReadOnlyManyMapping pins DESIGN.md's node-side table: which uses of an
+// TestReadOnlyManyMapping pins docs/design.md's node-side table: which uses of an
 // RBD volume pass the watcher gate, and which are mapped read-only. Across
-// every row it also checks invariant 1: a mapping made without the gate is
+// every row it also checks guarantee 1: a mapping made without the gate is
 // read-only at the block layer.
 func TestReadOnlyManyMapping(t *testing.T) {
 	rox := v1.ReadOnlyMany
@@ -109,7 +109,7 @@ func TestReadOnlyManyMapping(t *testing.T) {
 					t.Errorf("%s: read-only = %v, want %v", m.cmd, ro, row.wantReadOnly)
 				}
 				if !gatedBeforeMap && !m.has("--read-only") {
-					t.Errorf("invariant 1: %s mapped read-write without passing the watcher gate", m.cmd)
+					t.Errorf("guarantee 1: %s mapped read-write without passing the watcher gate", m.cmd)
 				}
 			}
 		})

@@ -67,6 +67,8 @@ func (e *Exec) Command(cmd string, args ...string) exec.Cmd {
 }
 
 func (e *Exec) mapImage(ctx context.Context, args []string) ([]byte, error) {
+	// The mapping counts from the map call, where the kernel would map.
+	started := time.Now()
 	check := e.CheckArgs
 	if check == nil {
 		check = e.realMap
@@ -79,7 +81,7 @@ func (e *Exec) mapImage(ctx context.Context, args []string) ([]byte, error) {
 		return []byte(err.Error()), err
 	}
 	e.mu.Lock()
-	e.holder, e.args, e.heldAt = h, args, time.Now()
+	e.holder, e.args, e.heldAt = h, args, started
 	e.mu.Unlock()
 	return nil, nil
 }
@@ -106,7 +108,7 @@ func (e *Exec) unmapImage() ([]byte, error) {
 }
 
 // Held returns the holder a map started and kept, if any, the map's
-// arguments and when it started.
+// arguments and when the map was called.
 func (e *Exec) Held() (*ceph.Holder, []string, time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
