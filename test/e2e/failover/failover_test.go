@@ -88,8 +88,8 @@ func (s *scenario) powerOff() error {
 // mapping.
 func (s *scenario) attachAndMapOnNodeB(bound time.Time) *nodeagent.Mapping {
 	s.t.Helper()
-	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
-	s.row.boundToAttach = attachedAt.Sub(bound)
+	s.attachedB = s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
+	s.row.boundToAttach = s.attachedB.Sub(bound)
 	s.waitFor("node-b mapped", gateDeadline, func() bool { return s.mapping(s.nodeB) != nil })
 	mp := s.mapping(s.nodeB)
 	s.row.watchExpiryToMap = sinceWatchGone(s, mp.Since)
@@ -130,8 +130,8 @@ func testSplitBrain(ctx context.Context, t *testing.T, s *scenario) {
 		s.expectStuck(bound)
 		return
 	}
-	attachedAt := s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
-	s.row.boundToAttach = attachedAt.Sub(bound)
+	s.attachedB = s.waitFor("attach to node-b", reactDeadline, func() bool { return s.attached(s.nodeB) })
+	s.row.boundToAttach = s.attachedB.Sub(bound)
 	s.expectEvent(s.pod(1), "FencedFailover", "that are down")
 	named := fmt.Sprintf("%s (client.%d)", old.Address, old.Client)
 	s.waitFor("node-b's gate refusing with node-a's watcher named", gateDeadline, func() bool {
@@ -215,13 +215,18 @@ func (s *scenario) expectEvent(pod, reason, want string) string {
 	return msg
 }
 
-// sinceWatchGone is how long after the monitor saw node-a's watch leave the
-// image node-b mapped it.
+// sinceWatchGone is how long node-b took to map the image once it could:
+// from the later of node-a's watch leaving the image (as the monitor saw it)
+// and the controller attaching the volume to node-b. It is the node side's
+// delay (the gate's step, the fence), not the control plane's.
 func sinceWatchGone(s *scenario, mapped time.Time) time.Duration {
 	gone := s.mon.watchGone()
 	if gone.IsZero() {
 		s.t.Errorf("node-b mapped the image but the monitor never saw node-a's watch go")
 		return 0
+	}
+	if s.attachedB.After(gone) {
+		gone = s.attachedB
 	}
 	return mapped.Sub(gone)
 }

@@ -60,6 +60,8 @@ type scenario struct {
 	row                    *row
 	// lostAt is when node-a was powered off or partitioned.
 	lostAt time.Time
+	// attachedB is when the controller attached the volume to node-b.
+	attachedB time.Time
 	// tolerate is how long pods tolerate an unreachable or not-ready node
 	// before the taint eviction controller evicts them.
 	tolerate time.Duration

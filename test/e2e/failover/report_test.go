@@ -35,8 +35,8 @@ type row struct {
 	// boundToAttach: from the replacement pod being bound to its node to
 	// the controller listing the volume in that node's volumesAttached.
 	boundToAttach time.Duration
-	// watchExpiryToMap: from the old mapping's watch leaving the image to
-	// the new node's mapping.
+	// watchExpiryToMap: from the later of the old mapping's watch leaving
+	// the image and the attach to the new node, to the new node's map.
 	watchExpiryToMap time.Duration
 	doubles, samples int
 	// staleAttempted and staleLanded count the writes node-a's application
@@ -105,7 +105,7 @@ func (r *report) write() {
 	for _, l := range r.head {
 		b.WriteString(l + "\n")
 	}
-	b.WriteString("| scenario | build | outcome | power-off → NotReady | replacement bound → attach | old watch gone → new map | double mappings (samples) | stale writes landed (attempted) |\n")
+	b.WriteString("| scenario | build | outcome | power-off → NotReady | replacement bound → attach | old watch gone (or attach, if later) → new map | double mappings (samples) | stale writes landed (attempted) |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for _, x := range r.rows {
 		stale := "–"
