@@ -26,6 +26,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -133,10 +134,40 @@ func attach(t *testing.T, vol rbdplugin.Volume) (error, time.Duration, *rbdplugi
 	return err, time.Since(start), e
 }
 
-// reachedMap reports whether the attach got past the gate: with no kernel
-// module, rbd map is the step that fails.
+// reachedMap reports whether the attach got past the gate to a map whose
+// arguments the real rbd accepted: with no kernel module, rbd map fails at
+// the kernel step, and the plugin's error carries rbd's output.
 func reachedMap(err error, e *rbdplugin.RecordingExec) bool {
-	return err != nil && strings.Contains(err.Error(), "map failed") && len(e.Calls("rbd", "map")) > 0
+	return err != nil && len(e.Calls("rbd", "map")) > 0 && ceph.CheckMapFailedAtKernel([]byte(err.Error()), err) == nil
+}
+
+// TestMapArgumentCheckCatchesAMadeUpOption shows that the kernel-step check
+// the suites apply to every map is not blind: the real rbd refuses a
+// made-up option before the kernel step, and the check says so.
+func TestMapArgumentCheckCatchesAMadeUpOption(t *testing.T) {
+	newImage(t, "argv")
+	keyFile, err := cluster.HolderKeyFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	base := []string{"map", "rbd/argv", "--id", "kube", "-m", cluster.Monitor, "--keyfile=" + keyFile}
+	for _, tc := range []struct {
+		extra []string
+		ok    bool
+	}{
+		{extra: []string{"-o", "noshare"}, ok: true},
+		{extra: []string{"--read-only"}, ok: true},
+		{extra: []string{"-o", "noshareX"}},
+		{extra: []string{"--no-such-flag"}},
+	} {
+		args := append(append([]string(nil), base...), tc.extra...)
+		out, err := exec.CommandContext(ctx, "rbd", args...).CombinedOutput()
+		if checkErr := ceph.CheckMapFailedAtKernel(out, err); (checkErr == nil) != tc.ok {
+			t.Errorf("rbd %s: check = %v, want accepted: %v (rbd said %q)", strings.Join(tc.extra, " "), checkErr, tc.ok, out)
+		}
+	}
 }
 
 func TestIdleImagePassesAtFirstCheck(t *testing.T) {

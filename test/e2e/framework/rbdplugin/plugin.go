@@ -34,6 +34,7 @@ import (
 	"k8s.io/kubernetes/pkg/volume"
 	"k8s.io/kubernetes/pkg/volume/rbd"
 	volumetest "k8s.io/kubernetes/pkg/volume/testing"
+	"k8s.io/mount-utils"
 	"k8s.io/utils/exec"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
@@ -153,21 +154,36 @@ func (r *RecordingExec) Calls(cmd, sub string) []Call {
 
 type execHost struct {
 	volume.VolumeHost
-	exec exec.Interface
+	exec    exec.Interface
+	mounter mount.Interface
 }
 
 func (h *execHost) GetExec(string) exec.Interface { return h.exec }
 
+func (h *execHost) GetMounter(name string) mount.Interface {
+	if h.mounter != nil {
+		return h.mounter
+	}
+	return h.VolumeHost.GetMounter(name)
+}
+
 // NewAttacher returns the RBD plugin's attacher on a fake kubelet host whose
 // commands run through e and whose API server holds the user's key.
 func NewAttacher(t *testing.T, e exec.Interface, key string) volume.Attacher {
+	t.Helper()
+	return NewAttacherWithMounter(t, e, key, nil)
+}
+
+// NewAttacherWithMounter is NewAttacher with a mounter of the test's (the
+// host's real one, for MountDevice); nil keeps the fake kubelet host's.
+func NewAttacherWithMounter(t *testing.T, e exec.Interface, key string, m mount.Interface) volume.Attacher {
 	t.Helper()
 	client := fake.NewSimpleClientset(&v1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: SecretName, Namespace: Namespace},
 		Type:       "kubernetes.io/rbd",
 		Data:       map[string][]byte{"key": []byte(key)},
 	})
-	host := &execHost{VolumeHost: volumetest.NewFakeKubeletVolumeHost(t, t.TempDir(), client, nil), exec: e}
+	host := &execHost{VolumeHost: volumetest.NewFakeKubeletVolumeHost(t, t.TempDir(), client, nil), exec: e, mounter: m}
 	mgr := &volume.VolumePluginMgr{}
 	if err := mgr.InitPlugins(rbd.ProbeVolumePlugins(), nil, host); err != nil {
 		t.Fatalf("init plugins: %v", err)
