@@ -87,6 +87,8 @@ type Holder struct {
 	stdin io.WriteCloser
 	// lines carries the holder's answers after its "open" line.
 	lines chan string
+	// done is closed once the holder's process has been waited for.
+	done chan struct{}
 	// Address and Client identify the holder's watch, as rbd status shows it.
 	Address string
 	Client  uint64
@@ -143,7 +145,7 @@ func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
 		logFile.Close()
 		return nil, fmt.Errorf("start the librbd holder (python3-rbd): %v", err)
 	}
-	h := &Holder{cmd: cmd, stdin: stdin, lines: make(chan string, 16)}
+	h := &Holder{cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
 	go func() {
 		s := bufio.NewScanner(stdout)
 		for s.Scan() {
@@ -152,6 +154,7 @@ func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
 		close(h.lines)
 		_ = cmd.Wait()
 		logFile.Close()
+		close(h.done)
 	}()
 	select {
 	case l, ok := <-h.lines:
@@ -226,6 +229,12 @@ func (h *Holder) Pid() int { return h.cmd.Process.Pid }
 // Kill ends the holder at once, as a node losing power: its watch stays
 // until the OSD's watch timeout expires.
 func (h *Holder) Kill() {
+	select {
+	case <-h.done:
+		// Gone: its group id may belong to another process group by now.
+		return
+	default:
+	}
 	if h.cmd.SysProcAttr.Setpgid {
 		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
 	}
@@ -235,15 +244,8 @@ func (h *Holder) Kill() {
 // Close closes the image cleanly, which removes the watch at once.
 func (h *Holder) Close() {
 	_ = h.stdin.Close()
-	done := make(chan struct{})
-	go func() {
-		for syscall.Kill(h.cmd.Process.Pid, 0) == nil {
-			time.Sleep(50 * time.Millisecond)
-		}
-		close(done)
-	}()
 	select {
-	case <-done:
+	case <-h.done:
 	case <-time.After(10 * time.Second):
 		h.Kill()
 	}

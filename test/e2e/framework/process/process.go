@@ -147,6 +147,10 @@ func (p *Process) SignalGroup(sig syscall.Signal) error { return syscall.Kill(-p
 // Kill ends the whole process group at once, as a power cut would, and
 // waits until the process is gone.
 func (p *Process) Kill() {
+	// Once it is gone its group id may belong to another process group.
+	if p.Exited() {
+		return
+	}
 	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 	<-p.done
 }

@@ -17,6 +17,7 @@ limitations under the License.
 package process
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,13 +41,17 @@ func TestSetRegistryKillsWhatAnAbortedRunLeft(t *testing.T) {
 	Record(os.Getpid(), "/bin/sleep")
 
 	// The next run.
+	before, _ := os.ReadFile(registry)
 	if err := SetRegistry(registry); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for !sleeper.Exited() {
 		if time.Now().After(deadline) {
-			t.Fatalf("the leftover sleeper (pid %d) still runs", sleeper.Pid())
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sleeper.Pid()))
+			status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", sleeper.Pid()))
+			t.Fatalf("the leftover sleeper (pid %d) still runs: cmdline %q, stat %q, registry %q before the next run",
+				sleeper.Pid(), cmdline, status, before)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
