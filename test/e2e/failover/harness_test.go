@@ -95,7 +95,11 @@ func newScenario(ctx context.Context, t *testing.T, kcm *controlplane.Controller
 		t.Fatalf("start node-a: %v", err)
 	}
 	t.Cleanup(s.nodeA.PowerOff)
-	if s.nodeB, err = nodeagent.Launch(id+"-node-b", env.agents[kcm.Build]); err != nil {
+	// Node-b's application writes 1 MiB further on than node-a's, so that
+	// each node's records can be read back apart.
+	optsB := env.agents[kcm.Build]
+	optsB.AppOffset = 1 << 20
+	if s.nodeB, err = nodeagent.Launch(id+"-node-b", optsB); err != nil {
 		t.Fatalf("start node-b: %v", err)
 	}
 	t.Cleanup(s.nodeB.PowerOff)

@@ -164,7 +164,7 @@ func TestFrozenHolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	landed := 0
-	if staleErr == nil {
+	if strings.HasPrefix(got, "A2") {
 		landed = 1
 	}
 
@@ -175,11 +175,10 @@ func TestFrozenHolder(t *testing.T) {
 		} else if !fenceAt.Before(mapAt) {
 			t.Errorf("node-b blocklisted node-a at %v, after its map at %v", fenceAt, mapAt)
 		}
-		if staleErr == nil {
-			t.Errorf("node-a's write after the failover succeeded; it must fail once node-a is fenced")
-		}
+		// What counts is the image: librbd may acknowledge a fenced
+		// client's write that never reaches the OSDs.
 		if !strings.HasPrefix(got, "B1") {
-			t.Errorf("the image holds %q after the failover, want node-b's data", got)
+			t.Errorf("the image holds %q after node-a woke up and wrote (error %v), want node-b's data", got, staleErr)
 		}
 		meta, err := cluster.ImageMeta(ctx, vol.Image)
 		if err != nil {
@@ -188,11 +187,11 @@ func TestFrozenHolder(t *testing.T) {
 		if _, ok := meta[fmt.Sprintf("kubernetes.io/rbd-fence.holder.client.%d", devB.Client)]; !ok || len(holderKeys(meta)) != 1 {
 			t.Errorf("after the failover the image's holder records are %v, want node-b's (client.%d) alone", holderKeys(meta), devB.Client)
 		}
-		report("- frozen holder, patched plugin: node-a's watch expired %v after the freeze; node-b's attach took %v, blocklisted node-a's client %s %v before its map; node-a woke up: %d of 1 write landed (%v); image reads %q\n",
+		report("- frozen holder, patched plugin: node-a's watch expired %v after the freeze; node-b's attach took %v, blocklisted node-a's client %s %v before its map; node-a woke up: %d of 1 write on the image (librbd said: %v); image reads %q\n",
 			expired.Round(100*time.Millisecond), attachB.Round(10*time.Millisecond), devA.Address,
 			mapAt.Sub(fenceAt).Round(time.Millisecond), landed, staleErr, got)
 	default:
-		if staleErr != nil || !strings.HasPrefix(got, "A2") {
+		if landed == 0 {
 			t.Errorf("the stock plugin's hazard did not show: node-a's write error %v, image reads %q", staleErr, got)
 		}
 		report("- frozen holder, stock plugin: node-a's watch expired %v after the freeze; node-b mapped without a fence; node-a woke up: %d of 1 write landed, over node-b's data; image reads %q\n",

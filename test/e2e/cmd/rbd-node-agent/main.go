@@ -44,6 +44,7 @@ func main() {
 	heartbeat := flag.Duration("heartbeat", time.Second, "how often the Lease and the Ready condition are renewed")
 	sync := flag.Duration("sync", 500*time.Millisecond, "how often pods and the Node are read")
 	kubeletVersion := flag.String("kubelet-version", "", "the kubelet version the Node reports")
+	appOffset := flag.Int64("app-offset", 0, "where on an image the application writes its records")
 	flag.Parse()
 	if *kubeconfig == "" || *node == "" || *dir == "" || *cephConf == "" {
 		klog.Error("--kubeconfig, --node, --dir and --ceph-conf are required")
@@ -60,7 +61,7 @@ func main() {
 		os.Exit(1)
 	}
 	agent, err := nodeagent.New(nodeagent.Config{Client: client, Node: *node, Dir: *dir, CephConf: *cephConf,
-		Heartbeat: *heartbeat, Sync: *sync, KubeletVersion: *kubeletVersion})
+		Heartbeat: *heartbeat, Sync: *sync, KubeletVersion: *kubeletVersion, AppOffset: *appOffset})
 	if err != nil {
 		klog.ErrorS(err, "Cannot start the node agent")
 		os.Exit(1)

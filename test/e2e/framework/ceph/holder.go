@@ -33,12 +33,14 @@ import (
 // image, without a kernel. It prints "open <address> <client id>", then
 // answers one line per command on stdin: "w OFFSET TEXT" writes TEXT at
 // OFFSET and flushes ("ok", or "err <exception>"), "r OFFSET LENGTH" reads
-// ("data <text>"). Given an application log and a tag, it also plays the
-// pod's application: every 200 ms it writes "TAG seq N" at offset 0 and
-// flushes, and logs "<start ns> <end ns> N ok" or "... N err <exception>".
+// ("data <text>"). Given an application log, a tag and a base offset, it
+// also plays the pod's application: every 200 ms it writes "TAG seq N" in
+// slot N of its region (AppSlot) and flushes, and logs "<start ns> <end ns>
+// N ok" or "... N err <exception>". "ok" means librbd acknowledged the
+// write and the flush; whether it is on the image, a read of the slot says.
 const holderScript = `
 import sys, threading, time, rados, rbd
-conf, user, keyfile, pool, image, applog, tag = (sys.argv[1:] + ["", ""])[:7]
+conf, user, keyfile, pool, image, applog, tag, base = (sys.argv[1:] + ["", "", "0"])[:8]
 cluster = rados.Rados(conffile=conf, rados_id=user, conf={"keyfile": keyfile})
 cluster.connect(timeout=30)
 ioctx = cluster.open_ioctx(pool)
@@ -52,7 +54,7 @@ def application():
             seq += 1
             start = time.time_ns()
             try:
-                img.write(("%s seq %d" % (tag, seq)).ljust(64).encode(), 0)
+                img.write(("%s seq %d" % (tag, seq)).ljust(64).encode(), int(base) + (seq % 16384) * 64)
                 img.flush()
                 log.write("%d %d %d ok\n" % (start, time.time_ns(), seq))
             except Exception as e:
@@ -108,9 +110,10 @@ type HolderConfig struct {
 	// with it when the group is killed.
 	OwnProcessGroup bool
 	// AppLog, if set, makes the holder play the pod's application: it
-	// writes "AppTag seq N" at offset 0 every 200 ms and logs each result
-	// there (see ReadAppLog).
+	// writes "AppTag seq N" every 200 ms at AppSlot(AppOffset, N) and logs
+	// each result there (see ReadAppLog).
 	AppLog, AppTag string
+	AppOffset      int64
 }
 
 // Hold starts a client that opens image as the cluster's user and returns
@@ -126,7 +129,8 @@ func (c *Cluster) Hold(image string) (*Holder, error) {
 // StartHolder starts a client that opens image and returns once the image is
 // open (its watch registered).
 func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
-	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image, cfg.AppLog, cfg.AppTag)
+	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image,
+		cfg.AppLog, cfg.AppTag, strconv.FormatInt(cfg.AppOffset, 10))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: cfg.OwnProcessGroup}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -250,6 +254,13 @@ func (h *Holder) Close() {
 		h.Kill()
 	}
 }
+
+// AppSlot is where an application with region base writes its record seq:
+// 64 bytes a record, 16384 records a region (1 MiB).
+func AppSlot(base int64, seq int) int64 { return base + int64(seq%16384)*64 }
+
+// AppRecord is the record an application with tag writes as seq.
+func AppRecord(tag string, seq int) string { return fmt.Sprintf("%s seq %d", tag, seq) }
 
 // AppWrite is one write of a holder's application.
 type AppWrite struct {

@@ -87,6 +87,9 @@ type Config struct {
 	// patched kubelet's carries "+rbdfailover", which the patched
 	// controller requires of a failover's target.
 	KubeletVersion string
+	// AppOffset is where on an image the node's application writes its
+	// records (ceph.AppSlot), so that each node's writes can be told apart.
+	AppOffset int64
 }
 
 // Mapping is an image the node has mapped.
@@ -458,7 +461,7 @@ func (a *Agent) attach(name string, pv podVolume) {
 		cfg := ceph.HolderConfig{Conf: a.cfg.CephConf, User: source.RadosUser, KeyFile: key,
 			Pool: source.RBDPool, Log: filepath.Join(a.cfg.Dir, "holder.log")}
 		if !readOnlyMap(args) {
-			cfg.AppLog, cfg.AppTag = appLog, a.cfg.Node
+			cfg.AppLog, cfg.AppTag, cfg.AppOffset = appLog, a.cfg.Node, a.cfg.AppOffset
 		}
 		return ceph.StartHolder(cfg, source.RBDImage)
 	}}

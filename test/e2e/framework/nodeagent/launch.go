@@ -44,6 +44,8 @@ type LaunchOptions struct {
 	Env []string
 	// KubeletVersion is what the Node reports as its kubelet's version.
 	KubeletVersion string
+	// AppOffset is where on an image the node's application writes.
+	AppOffset int64
 }
 
 // Launch starts the agent of node and waits until it has written its state.
@@ -51,7 +53,7 @@ func Launch(node string, o LaunchOptions) (*Node, error) {
 	dir := filepath.Join(o.Dir, node)
 	proc, err := process.Start("node-agent-"+node, o.LogDir, o.Env, o.Binary,
 		"--kubeconfig="+o.Kubeconfig, "--node="+node, "--dir="+dir, "--ceph-conf="+o.CephConf,
-		"--kubelet-version="+o.KubeletVersion)
+		"--kubelet-version="+o.KubeletVersion, fmt.Sprintf("--app-offset=%d", o.AppOffset))
 	if err != nil {
 		return nil, err
 	}
