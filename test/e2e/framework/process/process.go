@@ -62,15 +62,17 @@ func SetRegistry(path string) error {
 	}
 	s := bufio.NewScanner(bytes.NewReader(data))
 	for s.Scan() {
-		f := strings.SplitN(s.Text(), " ", 2)
-		pid, err := strconv.Atoi(f[0])
-		if err != nil || len(f) != 2 {
+		f := strings.Fields(s.Text())
+		if len(f) < 2 {
 			continue
 		}
-		// Only a process that still runs the recorded command: the pid may
-		// have been reused since.
-		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil &&
-			strings.HasPrefix(string(cmdline), f[1]+"\x00") {
+		pid, err := strconv.Atoi(f[0])
+		if err != nil {
+			continue
+		}
+		// The pid may have been reused since; the start time tells. The
+		// command line does not: it reads empty for a moment after exec.
+		if started, err := StartTime(pid); err == nil && strconv.FormatUint(started, 10) == f[1] {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -81,6 +83,25 @@ func SetRegistry(path string) error {
 	return os.WriteFile(path, nil, 0o644)
 }
 
+// StartTime is when pid started, in clock ticks after boot (proc(5) stat
+// field 22): with the pid it names one process for as long as the system runs.
+func StartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name in %q", pid, data)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the command name, want at least 20", pid, len(f))
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
 // Record adds a daemon started elsewhere (the Ceph daemons) to the registry.
 func Record(pid int, bin string) {
 	registryMu.Lock()
@@ -88,12 +109,16 @@ func Record(pid int, bin string) {
 	if registry == "" {
 		return
 	}
+	started, err := StartTime(pid)
+	if err != nil {
+		return
+	}
 	f, err := os.OpenFile(registry, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintf(f, "%d %s\n", pid, bin)
+	fmt.Fprintf(f, "%d %d %s\n", pid, started, bin)
 }
 
 // Start runs argv in its own process group with env added to the harness's

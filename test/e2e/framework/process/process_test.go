@@ -37,8 +37,18 @@ func TestSetRegistryKillsWhatAnAbortedRunLeft(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sleeper.Kill()
-	// A recorded pid that runs something else now must survive: this test.
-	Record(os.Getpid(), "/bin/sleep")
+	// A recorded pid that another process has taken since must survive:
+	// this test, recorded with a start time that is not its own.
+	started, err := StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(registry, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "%d %d /bin/sleep\n", os.Getpid(), started+1)
+	f.Close()
 
 	// The next run.
 	before, _ := os.ReadFile(registry)
@@ -89,5 +99,34 @@ func TestWaitForHasADeadline(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("WaitFor took %v", time.Since(start))
+	}
+}
+
+func TestStartTimeReadsPastACommandNameWithParentheses(t *testing.T) {
+	dir := t.TempDir()
+	data, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	odd := filepath.Join(dir, "a) 1 2 (b")
+	if err := os.WriteFile(odd, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start("odd", dir, nil, odd, "300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Kill()
+	got, err := StartTime(p.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The child started after this process, and not in the distant future.
+	if got < self || got > self+uint64(3600*100) {
+		t.Errorf("start time %d of the child, %d of this process", got, self)
 	}
 }
