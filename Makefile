@@ -5,7 +5,8 @@
 #   make test             every test of every line (LINE=v1.29: that line's
 #                         upstream tests and specs, plus verify and tooling)
 #   make test-all-lines   every line, whatever LINE says
-#   make dist             patches tarball + quilt folders in _output/dist
+#   make dist             patches tarball + quilt folders (DEP-3 headers) in
+#                         _output/dist
 #   make test-stock       the A/B record: specs against stock Kubernetes
 #   make bench            reconcile-pass benchmark, stock vs patched (benchstat)
 #   make e2e              end-to-end suites against a real Ceph cluster

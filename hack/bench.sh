@@ -23,8 +23,7 @@ cd "${RBDF_ROOT}"
 for flavor in stock patched; do
   tree="${RBDF_TREE}"
   [[ "${flavor}" == stock ]] && tree="${RBDF_STOCK_TREE}"
-  modfile="$(rbdf::golang::modfile "${tree}" "${flavor}")"
-  GOFLAGS=-mod=readonly go test -c -o "${out}/${flavor}.test" -modfile="${modfile}" ./pkg/controller/volume/attachdetach/
+  rbdf::golang::go "${tree}" "${flavor}" test -c -o "${out}/${flavor}.test" ./pkg/controller/volume/attachdetach/
   : > "${out}/${flavor}.txt"
 done
 for ((i = 1; i <= ${COUNT:-10}; i++)); do

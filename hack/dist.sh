@@ -3,6 +3,9 @@
 # SHA256SUMS in _output/dist/kube-rbd-failover-<revision>-patches.tar.gz, and
 # per line a quilt-ready folder _output/dist/<line>/patches/ (the patches and
 # their series file) for `quilt push -a` in an unpacked upstream source.
+# The tarball holds the format-patch files as committed (for git am); the
+# quilt folders hold them with DEP-3 fields in place of the mail headers
+# (rbdf::tree::dep3_patch), the diff unchanged.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -18,10 +21,13 @@ for line in $(rbdf::lines::list); do
   [[ -s "${RBDF_PATCHES}/series" ]] || continue
   for dir in "${dist}/${name}/${line}/patches" "${dist}/${line}/patches"; do
     mkdir -p "${dir}"
-    while read -r patch; do cp "${patch}" "${dir}/"; done < <(rbdf::tree::series_files)
     # quilt reads the series from patches/series.
     cp "${RBDF_PATCHES}/series" "${dir}/series"
   done
+  while read -r patch; do
+    cp "${patch}" "${dist}/${name}/${line}/patches/"
+    rbdf::tree::dep3_patch "${patch}" > "${dist}/${line}/patches/$(basename "${patch}")"
+  done < <(rbdf::tree::series_files)
   echo "${RBDF_KUBE_VERSION}" > "${dist}/${name}/${line}/UPSTREAM_VERSION"
 done
 sums="$(cd "${dist}/${name}" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs sha256sum)"

@@ -11,6 +11,8 @@ readonly PACKAGES=(
   # test/e2e: a throwaway Ceph cluster and a librbd client standing in for a
   # node's mapping (python3-rbd comes with ceph-common)
   ceph-mon ceph-osd ceph-common python3-rbd
+  # test/e2e/node: the plugin's rbd-nbd fallback runs the real rbd-nbd
+  rbd-nbd
   # test/e2e/node: a dirty ext4 on a read-only loop device
   e2fsprogs util-linux
 )

@@ -31,18 +31,16 @@ run="$(date -u +%Y%m%dT%H%M%SZ)"
 export E2E_DIR="${RBDF_OUTPUT}/e2e/${run}"
 export WATCH_TIMEOUT="${WATCH_TIMEOUT:-10}"
 mkdir -p "${E2E_DIR}"
-modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
 
 rbdf::log::info "building the control plane for the e2e"
 rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin" kube-apiserver kube-controller-manager
 rbdf::tree::stock
 rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
-(cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${modfile}" -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd)
-stock_modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
+rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd
 # The simulated nodes of each build run that build's RBD plugin.
-(cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${modfile}" -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent)
-(cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go build -modfile="${stock_modfile}" -o "${e2e_bin}/rbd-node-agent-stock" ./test/e2e/cmd/rbd-node-agent)
+rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent
+rbdf::golang::go "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}" build -o "${e2e_bin}/rbd-node-agent-stock" ./test/e2e/cmd/rbd-node-agent
 export E2E_ETCD="${e2e_bin}/etcd"
 export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
 export E2E_KCM_PATCHED="${RBDF_LINE_OUTPUT}/bin/kube-controller-manager"
@@ -54,16 +52,16 @@ export E2E_KUBELET_VERSION_STOCK="${RBDF_KUBE_VERSION}"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e() {
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
-    -modfile="${modfile}" ./test/e2e/... 2>&1
+  rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
+    ./test/e2e/... 2>&1
 }
 
 # The frozen-holder test once more with the plugin of the stock tree: the
 # hazard the fence removes (a stale write that lands) must show there.
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e_stock_plugin() {
-  cd "${RBDF_ROOT}" && E2E_PLUGIN=stock GOFLAGS=-mod=readonly go test -json -count=1 -timeout 10m \
-    -tags "${RBDF_GOTAGS}" -modfile="${stock_modfile}" -run '^TestFrozenHolder$' ./test/e2e/node 2>&1
+  E2E_PLUGIN=stock rbdf::golang::go "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}" test -json -count=1 -timeout 10m \
+    -tags "${RBDF_GOTAGS}" -run '^TestFrozenHolder$' ./test/e2e/node 2>&1
 }
 
 start="$(date +%s)"

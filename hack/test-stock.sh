@@ -21,9 +21,7 @@ mkdir -p "${logs}"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 stock_specs() {
-  local modfile
-  modfile="$(rbdf::golang::modfile "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}")"
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go test -json -tags "${RBDF_GOTAGS}" -modfile="${modfile}" ./pkg/... 2>&1
+  rbdf::golang::go "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}" test -json -tags "${RBDF_GOTAGS}" ./pkg/... 2>&1
 }
 
 echo "=== behaviour specs (pkg/...) against stock ${RBDF_KUBE_VERSION}"

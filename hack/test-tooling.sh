@@ -3,8 +3,9 @@
 # a scratch copy of the repository (hack/, patches/, PATCHES.md, go.mod) with
 # a clone of the primary line's materialised tree, breaks one thing and
 # checks that the right script fails and says why; two cases check the test
-# report and summary on a recorded go test -json stream. Prints PASS:/FAIL:
-# lines.
+# report and summary on a recorded go test -json stream, and some the
+# helpers of hack/lib (temporary directories, DEP-3 fields). Prints
+# PASS:/FAIL: lines.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -18,8 +19,8 @@ first_patch="$(rbdf::tree::series_files | head -n1)"
 [[ -n "${first_patch}" ]] || rbdf::log::fatal "the ${RBDF_LINE} series is empty: nothing to test"
 first_patch="$(basename "${first_patch}")"
 
-scratch="$(mktemp -d)"
-trap 'rm -rf "${scratch}"' EXIT
+scratch=""
+rbdf::util::tmpdir scratch
 failures=0
 
 # fresh_copy [clone] makes ${scratch}/repo a copy of the project. Its trees
@@ -110,6 +111,38 @@ else
   failures=$((failures + 1))
 fi
 
+# rbdf::util::tmpdir: what a script made (in TMPDIR, in a parent, in a
+# subshell) is gone however it ends (exit 1, rbdf::log::fatal, the end), the
+# exit status is kept, and a subshell removes only its own directory.
+cat > "${scratch}/tmpdir-case.sh" <<'SCRIPT'
+set -euo pipefail
+# shellcheck source=/dev/null
+source "$1"
+rbdf::util::tmpdir a
+rbdf::util::tmpdir b "$(dirname "$2")" .case
+printf '%s\n' "${a}" "${b}" >> "$2"
+c="$(rbdf::util::tmpdir c; echo "${c}")"
+printf '%s\n' "${c}" >> "$2"
+[[ ! -e "${c}" && -d "${a}" && -d "${b}" ]] && echo "the subshell removed its own directory only"
+eval "$3"
+SCRIPT
+for how in "exit 1" "rbdf::log::fatal stop" ":"; do
+  want=1
+  [[ "${how}" == : ]] && want=0
+  : > "${scratch}/tmpdirs"
+  rc=0
+  out="$(bash "${scratch}/tmpdir-case.sh" "${RBDF_ROOT}/hack/lib/init.sh" "${scratch}/tmpdirs" "${how}" 2>&1)" || rc=$?
+  left="$(while read -r d; do [[ ! -e "${d}" ]] || echo "${d}"; done < "${scratch}/tmpdirs")"
+  if ((rc == want)) && [[ -z "${left}" && "$(wc -l < "${scratch}/tmpdirs")" == 3 ]] &&
+    grep -q "removed its own directory only" <<<"${out}"; then
+    echo "PASS: rbdf::util::tmpdir leaves nothing behind (${how})"
+  else
+    echo "FAIL: rbdf::util::tmpdir (${how}): exit ${rc}, want ${want}; left: ${left//$'\n'/ }"
+    while IFS= read -r l; do echo "    | ${l}"; done <<<"${out}"
+    failures=$((failures + 1))
+  fi
+done
+
 fresh_copy
 expect "kube-tree rejects an unknown LINE and lists the supported ones" fail \
   "unknown LINE 'v1.99'; supported lines: v1.30 v1.29 v1.28" hack/kube-tree.sh v1.99
@@ -186,6 +219,26 @@ fresh_copy
 # make dist's quilt folder applies with quilt to the unpacked upstream source
 # of the line and gives the same files as the materialised tree.
 expect "make dist packs the tarball and the quilt folders" 0 "patches)" hack/dist.sh
+# Each quilt patch opens with DEP-3 fields and goes on with the committed
+# patch from its "---" (diffstat and diff) unchanged.
+bad=()
+for f in "${scratch}"/repo/_output/dist/*/patches/*.patch; do
+  line="$(basename "$(dirname "$(dirname "${f}")")")"
+  header="$(sed '/^---$/q' "${f}")"
+  for field in 'Description: UPSTREAM: ' 'Origin: (vendor|backport), ' 'Forwarded: (not-needed|https://)' \
+    'Author: .+ <.+@.+>$' 'Last-Update: [0-9]{4}-[0-9]{2}-[0-9]{2}$'; do
+    grep -qE "^${field}" <<<"${header}" || bad+=("${line}/$(basename "${f}") lacks ${field%%:*}")
+  done
+  cmp -s <(sed -n '/^---$/,$p' "${f}") <(sed -n '/^---$/,$p' "${RBDF_ROOT}/patches/${line}/$(basename "${f}")") ||
+    bad+=("${line}/$(basename "${f}"): the diff is not the committed one")
+done
+if ((${#bad[@]} == 0)) && compgen -G "${scratch}/repo/_output/dist/*/patches/*.patch" >/dev/null; then
+  echo "PASS: make dist's quilt patches carry DEP-3 fields before the unchanged diff"
+else
+  echo "FAIL: make dist's quilt patches lack DEP-3 fields or changed the diff"
+  printf '    | %s\n' "${bad[@]}"
+  failures=$((failures + 1))
+fi
 mkdir -p "${scratch}/src"
 rbdf::tree::git "${RBDF_TREE}" archive "${RBDF_KUBE_VERSION}" | tar -x -C "${scratch}/src"
 cp -R "${scratch}/repo/_output/dist/${RBDF_LINE}/patches" "${scratch}/src/"

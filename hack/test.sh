@@ -62,11 +62,10 @@ upstream_tests() {
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 specs() {
-  local modfile race=()
-  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${RBDF_LINE}")"
+  local race=()
   [[ "${RACE:-}" == 1 ]] && race=(-race)
-  cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go test -json "${race[@]}" -tags "${RBDF_GOTAGS}" \
-    -modfile="${modfile}" ./pkg/... 2>&1
+  rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" test -json "${race[@]}" -tags "${RBDF_GOTAGS}" \
+    ./pkg/... 2>&1
 }
 
 fuzz() {
@@ -104,9 +103,10 @@ check() {
 # records its counts and its listed failures (one failure if it printed no
 # counts).
 suite() {
-  local name="$1" out counts p f listed
+  local name="$1" tmp out counts p f listed
   shift
-  out="$(mktemp)"
+  rbdf::util::tmpdir tmp
+  out="${tmp}/out"
   "$@" > >(tee "${out}") || true
   wait
   if counts="$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "${out}" | tail -n1)"; then
@@ -119,7 +119,7 @@ suite() {
     rbdf::test::record "${name}" 0 1
     rbdf::test::failure "${name}" "no \"N passed, N failed\" line (see the log above)"
   fi
-  rm -f "${out}"
+  rbdf::util::tmpdir_rm "${tmp}"
 }
 
 for line in ${LINES:-${LINE:-$(rbdf::lines::list)}}; do
@@ -154,7 +154,9 @@ while read -r name; do
 done < <(rbdf::verify::names)
 
 echo "=== tooling tests"
-tooling="$(mktemp)"
+tooling_tmp=""
+rbdf::util::tmpdir tooling_tmp
+tooling="${tooling_tmp}/tooling.log"
 rc=0
 "${RBDF_ROOT}/hack/test-tooling.sh" > >(tee "${tooling}") || rc=$?
 wait
@@ -169,6 +171,6 @@ rbdf::test::record "tooling tests (hack/test-tooling.sh)" "${tool_passed}" "${to
 while IFS= read -r case; do
   rbdf::test::failure "tooling tests" "${case#FAIL: }"
 done < <(grep '^FAIL: ' "${tooling}" || true)
-rm -f "${tooling}"
+rbdf::util::tmpdir_rm "${tooling_tmp}"
 
 rbdf::test::summary

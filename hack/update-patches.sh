@@ -14,8 +14,8 @@ fi
 if [[ -n "$(rbdf::tree::git "${RBDF_TREE}" status --porcelain)" ]]; then
   rbdf::log::fatal "${RBDF_TREE} has uncommitted changes: commit them (one commit per patch) first"
 fi
-tmp="$(mktemp -d)"
-trap 'rm -rf "${tmp}"' EXIT
+tmp=""
+rbdf::util::tmpdir tmp
 rbdf::tree::export "${RBDF_TREE}" "${tmp}"
 mkdir -p "${RBDF_PATCHES}"
 find "${RBDF_PATCHES}" -maxdepth 1 -name '*.patch' -delete

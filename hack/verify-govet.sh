@@ -14,7 +14,6 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
   rbdf::lines::setup "${line}"
   [[ -s "${RBDF_PATCHES}/series" ]] || continue
   rbdf::tree::materialise >/dev/null
-  modfile="$(rbdf::golang::modfile "${RBDF_TREE}" "patched-${line}")"
-  (cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go vet -tags "${RBDF_GOTAGS}" -modfile="${modfile}" "${pkgs[@]}") || failed=1
+  rbdf::golang::go "${RBDF_TREE}" "patched-${line}" vet -tags "${RBDF_GOTAGS}" "${pkgs[@]}" || failed=1
 done
 exit "${failed}"

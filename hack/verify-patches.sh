@@ -8,6 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
 
 failed=0
+tmp=""
 for line in ${LINES:-$(rbdf::lines::list)}; do
   rbdf::lines::setup "${line}"
   [[ -s "${RBDF_PATCHES}/series" ]] || continue
@@ -16,7 +17,7 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
   if [[ ! -d "${RBDF_TREE}/.git" ]]; then
     rbdf::tree::materialise || { failed=1; continue; }
   fi
-  tmp="$(mktemp -d)"
+  rbdf::util::tmpdir tmp
   rbdf::tree::git "${RBDF_TREE}" rev-parse -q --verify "refs/tags/${RBDF_KUBE_VERSION}" >/dev/null ||
     rbdf::log::fatal "${RBDF_TREE} has no tag ${RBDF_KUBE_VERSION}"
   git clone --quiet --shared --no-checkout "${RBDF_TREE}" "${tmp}/kubernetes"
@@ -24,7 +25,7 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
   if ! rbdf::tree::apply "${tmp}/kubernetes" 1; then
     rbdf::log::error "${line}: the series does not apply to ${RBDF_KUBE_VERSION}"
     failed=1
-    rm -rf "${tmp}"
+    rbdf::util::tmpdir_rm "${tmp}"
     continue
   fi
   mkdir "${tmp}/export"
@@ -45,6 +46,6 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
       failed=1
     fi
   done
-  rm -rf "${tmp}"
+  rbdf::util::tmpdir_rm "${tmp}"
 done
 exit "${failed}"

@@ -20,7 +20,7 @@ rbdf::build::upstream_env() {
 # (default RBDF_BINARIES) in TREE with "make WHAT=…", stamps VERSION into them
 # and copies them to BINDIR.
 rbdf::build::binaries() {
-  local tree="$1" version="$2" bindir="$3" version_file commit epoch what=() bin
+  local tree="$1" version="$2" bindir="$3" tmp version_file commit epoch what=() bin
   shift 3
   local -a binaries=("${RBDF_BINARIES[@]}")
   if (($# > 0)); then binaries=("$@"); fi
@@ -34,9 +34,8 @@ rbdf::build::binaries() {
   fi
   commit="$(rbdf::tree::git "${tree}" rev-parse HEAD)"
   epoch="$(rbdf::tree::git "${tree}" log -1 --format=%ct HEAD)"
-  version_file="$(mktemp)"
-  # shellcheck disable=SC2064 # expand now: version_file is local
-  trap "rm -f '${version_file}'" RETURN
+  rbdf::util::tmpdir tmp
+  version_file="${tmp}/version"
   {
     echo "KUBE_GIT_COMMIT='${commit}'"
     echo "KUBE_GIT_TREE_STATE='${state}'"
@@ -57,6 +56,7 @@ rbdf::build::binaries() {
   env "${env[@]}" KUBE_STATIC_OVERRIDES="kubelet" KUBE_GIT_VERSION_FILE="${version_file}" \
     SOURCE_DATE_EPOCH="${epoch}" KUBE_VERBOSE="${KUBE_VERBOSE:-1}" \
     make -C "${tree}" WHAT="${what[*]}"
+  rbdf::util::tmpdir_rm "${tmp}"
   mkdir -p "${bindir}"
   for bin in "${binaries[@]}"; do
     install -m 0755 "${tree}/_output/local/go/bin/${bin}" "${bindir}/${bin}"

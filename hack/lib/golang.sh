@@ -46,6 +46,19 @@ rbdf::golang::modfile() {
   echo "${dir}/${name}.mod"
 }
 
+# rbdf::golang::go TREE NAME VERB [ARG...] runs "go VERB" on our module
+# compiled against TREE: from RBDF_ROOT (in a subshell, so the caller's
+# directory is kept), with GOFLAGS=-mod=readonly and the modfile
+# rbdf::golang::modfile TREE NAME writes (NAME: e.g. patched-${RBDF_LINE} or
+# stock-${RBDF_LINE}). Environment for the go command goes before the call:
+#   E2E_PLUGIN=stock rbdf::golang::go "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}" test ...
+rbdf::golang::go() {
+  local tree="$1" name="$2" verb="$3" modfile
+  shift 3
+  modfile="$(rbdf::golang::modfile "${tree}" "${name}")" || return
+  (cd "${RBDF_ROOT}" && GOFLAGS=-mod=readonly go "${verb}" -modfile="${modfile}" "$@")
+}
+
 # rbdf::golang::our_packages prints our module's package patterns that hold
 # Go files (specs, e2e, tools), for go test and go vet.
 rbdf::golang::our_packages() {

@@ -5,6 +5,12 @@ rbdf::log::info() {
   echo "+++ $*" >&2
 }
 
+# rbdf::log::warning is for what goes on but deserves a look (a patch applied
+# with reduced context, a tree used with local work in it).
+rbdf::log::warning() {
+  echo "WARNING: $*" >&2
+}
+
 rbdf::log::error() {
   echo "!!! $*" >&2
 }

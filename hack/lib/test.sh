@@ -49,10 +49,11 @@ rbdf::test::failure() {
 # the failing tests to FAILED_FILE (with their first error lines to
 # FAILED_FILE.reasons).
 rbdf::test::gojson() {
-  local suite="$1" failed_file="$2" report counts
+  local suite="$1" failed_file="$2" report tmp counts
   shift 2
   report="$(rbdf::test::testreport)"
-  counts="$(mktemp)"
+  rbdf::util::tmpdir tmp
+  counts="${tmp}/counts"
   # The command's exit code is reflected in the counts (a failed package
   # without a failing test counts once), so it is not needed here.
   rm -f "${failed_file}.reasons"
@@ -66,6 +67,6 @@ rbdf::test::gojson() {
     rbdf::test::failure "${suite}" "${reason}"
   done < "${failed_file}.reasons"
   read -r p f _ < "${counts}"
-  rm -f "${counts}"
+  rbdf::util::tmpdir_rm "${tmp}"
   rbdf::test::record "${suite}" "${p}" "${f}"
 }

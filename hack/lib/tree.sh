@@ -31,16 +31,17 @@ rbdf::tree::staging_modules() {
 # command (checksums verified against go.sum or the checksum database) and
 # prints its directory in the module cache.
 rbdf::tree::module_dir() {
-  local mod="$1" json dir="${RBDF_ROOT}"
+  local mod="$1" json dir="${RBDF_ROOT}" tmp=""
   # Versions our go.sum pins are checked against it; others (the older
   # lines, rebases) against the checksum database, from outside our module
   # so that go.sum stays as committed.
   if ! grep -q "^${mod%@*} ${mod#*@} " "${RBDF_ROOT}/go.sum"; then
-    dir="$(mktemp -d)"
+    rbdf::util::tmpdir tmp
+    dir="${tmp}"
   fi
   local rc=0
   json="$(cd "${dir}" && go mod download -json "${mod}")" || rc=$?
-  [[ "${dir}" == "${RBDF_ROOT}" ]] || rm -rf "${dir}"
+  [[ -z "${tmp}" ]] || rbdf::util::tmpdir_rm "${tmp}"
   if ((rc != 0)); then
     rbdf::log::error "go mod download ${mod} failed:"
     printf '%s\n' "${json}" | sed -n 's/.*"Error": *//p' >&2
@@ -129,7 +130,7 @@ rbdf::tree::apply() {
       rbdf::tree::git "${tree}" am --show-current-patch=diff |
       rbdf::tree::git "${tree}" apply -C1 --index - >&2 &&
       rbdf::tree::git "${tree}" am --continue --committer-date-is-author-date --quiet >&2; then
-      rbdf::log::error "warning: $(basename "${patch}") applied to ${RBDF_KUBE_VERSION} only with reduced context: review it"
+      rbdf::log::warning "$(basename "${patch}") applied to ${RBDF_KUBE_VERSION} only with reduced context: review it"
       continue
     fi
     file="$(sed -n 's/^error: patch failed: \(.*\):[0-9]*$/\1/p;s/^error: \(.*\): does not exist in index$/\1/p' \
@@ -159,18 +160,18 @@ rbdf::tree::state() {
     echo dirty
     return
   fi
-  tmp="$(mktemp -d)"
+  rbdf::util::tmpdir tmp
   rbdf::tree::export "${tree}" "${tmp}"
   mapfile -t ours < <(find "${tmp}" -name '*.patch' | sort)
   mapfile -t theirs < <(rbdf::tree::series_files)
   for i in "${!ours[@]}"; do
     if [[ -z "${theirs[${i}]:-}" ]] || ! cmp -s "${ours[${i}]}" "${theirs[${i}]}"; then
-      rm -rf "${tmp}"
+      rbdf::util::tmpdir_rm "${tmp}"
       echo dirty
       return
     fi
   done
-  rm -rf "${tmp}"
+  rbdf::util::tmpdir_rm "${tmp}"
   if ! rbdf::tree::git "${tree}" rev-parse -q --verify "refs/tags/${RBDF_KUBE_VERSION}" >/dev/null; then
     echo replaceable
   elif ((${#ours[@]} == ${#theirs[@]})); then
@@ -207,11 +208,14 @@ rbdf::tree::materialise() {
       ;;
   esac
   mkdir -p "${RBDF_LINE_OUTPUT}"
-  tmp="$(mktemp -d "${RBDF_LINE_OUTPUT}/.kube-tree.XXXXXX")"
-  # shellcheck disable=SC2064 # expand now: tmp is local
-  trap "rm -rf '${tmp}'" RETURN
+  # Next to the tree, so that the finished tree is moved in place; removed
+  # as this function returns (a failed assembly is large), or at exit.
+  rbdf::util::tmpdir tmp "${RBDF_LINE_OUTPUT}" .kube-tree
   mkdir "${tmp}/kubernetes"
-  rbdf::tree::assemble "${tmp}/kubernetes" || return 1
+  rbdf::tree::assemble "${tmp}/kubernetes" || {
+    rbdf::util::tmpdir_rm "${tmp}"
+    return 1
+  }
   rbdf::log::info "recording the pristine tree as ${RBDF_KUBE_VERSION}"
   rbdf::tree::git "${tmp}/kubernetes" init --quiet --initial-branch=main
   rbdf::tree::git "${tmp}/kubernetes" add --force --all .
@@ -223,11 +227,13 @@ rbdf::tree::materialise() {
     # Keep the failed am for the user to resolve: it becomes the tree.
     rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"
     mv "${tmp}/kubernetes" "${RBDF_TREE}"
+    rbdf::util::tmpdir_rm "${tmp}"
     rbdf::tree::am_help "${RBDF_TREE}"
     return 1
   }
   rm -rf "${RBDF_TREE}" "${RBDF_STOCK_TREE}"
   mv "${tmp}/kubernetes" "${RBDF_TREE}"
+  rbdf::util::tmpdir_rm "${tmp}"
   rbdf::log::info "${RBDF_TREE}: ${RBDF_KUBE_VERSION} + $(rbdf::tree::series_files | wc -l) patch(es)"
 }
 
@@ -262,13 +268,66 @@ rbdf::tree::patch_message() {
   awk 'body && /^---$/ { exit } body { print } /^$/ && !body { body = 1 }' "$1"
 }
 
+# rbdf::tree::dep3_header PATCH prints DEP-3 fields
+# (https://dep-team.pages.debian.net/deps/dep3/) for a format-patch file of
+# patches/<line>/: Description (the subject, then the message body as
+# continuation lines, an empty line as " ."), Origin, Forwarded (not-needed
+# for <carry> and <drop>, the pull request for "UPSTREAM: <NNN>:", which is a
+# backport of it), Author (From:) and Last-Update (the day of Date:, in the
+# patch's own time zone). git mailinfo decodes Subject: and From: (-b: it
+# strips only "[PATCH]").
+rbdf::tree::dep3_header() {
+  local patch="$1" subject info author email date pr origin forwarded
+  info="$(GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null git mailinfo -b -u /dev/null /dev/null < "${patch}")"
+  subject="$(sed -n 's/^Subject: //p' <<<"${info}")"
+  author="$(sed -n 's/^Author: //p' <<<"${info}")"
+  email="$(sed -n 's/^Email: //p' <<<"${info}")"
+  # "Thu, 26 Nov 2026 12:00:00 +0000" -> 2026-11-26
+  date="$(sed -n '/^$/q; s/^Date: //p' "${patch}" | awk '{
+    for (i = 2; i < NF; i++) {
+      m = index("JanFebMarAprMayJunJulAugSepOctNovDec", $i)
+      if (length($i) == 3 && m % 3 == 1) { printf "%04d-%02d-%02d\n", $(i + 1), (m + 2) / 3, $(i - 1); exit }
+    }
+  }')"
+  [[ -n "${subject}" && -n "${author}${email}" && -n "${date}" ]] ||
+    { rbdf::log::error "$(basename "${patch}"): no Subject:, From: or Date: to make DEP-3 fields from"; return 1; }
+  origin="vendor, ${RBDF_GIT_NAME} patches/$(basename "$(dirname "${patch}")")/$(basename "${patch}")"
+  forwarded="not-needed"
+  if [[ "${subject}" =~ ^UPSTREAM:\ \<([0-9]+)\>: ]]; then
+    pr="https://github.com/kubernetes/kubernetes/pull/${BASH_REMATCH[1]}"
+    origin="backport, ${pr}"
+    forwarded="${pr}"
+  fi
+  printf 'Description: %s\n' "${subject}"
+  rbdf::tree::patch_message "${patch}" |
+    awk 'NF { for (; blank > 0; blank--) print " ."; print " " $0; seen = 1; next } seen { blank++ }'
+  printf 'Origin: %s\n' "${origin}"
+  printf 'Forwarded: %s\n' "${forwarded}"
+  printf 'Author: %s\n' "${author}${email:+ <${email}>}"
+  printf 'Last-Update: %s\n' "${date}"
+}
+
+# rbdf::tree::dep3_patch PATCH prints a format-patch file as a quilt patch:
+# rbdf::tree::dep3_header in place of the mail headers and message, then the
+# patch as it is from the "---" that ends the message (as in
+# rbdf::tree::patch_message) on: diffstat and diff. patch -p1 and quilt skip
+# the fields as they skip a mail's headers.
+rbdf::tree::dep3_patch() {
+  local patch="$1" header
+  header="$(rbdf::tree::dep3_header "${patch}")" || return 1
+  grep -qx -- '---' "${patch}" ||
+    { rbdf::log::error "$(basename "${patch}"): no \"---\" line: not a format-patch file"; return 1; }
+  printf '%s\n' "${header}"
+  awk 'body && /^---$/ { diff = 1 } diff { print } /^$/ { body = 1 }' "${patch}"
+}
+
 # rbdf::tree::ensure makes RBDF_TREE ready to build and test: materialised
 # and current with the series, or, when it holds local work that is not in
 # the series yet (the edit-build-test loop), used as it is with a warning.
 rbdf::tree::ensure() {
   if [[ -d "${RBDF_TREE}/.git" && ! -d "${RBDF_TREE}/.git/rebase-apply" &&
     "$(rbdf::tree::state "${RBDF_TREE}")" == dirty ]]; then
-    rbdf::log::error "warning: ${RBDF_TREE} holds work not in patches/${RBDF_LINE}; using it as it is" \
+    rbdf::log::warning "${RBDF_TREE} holds work not in patches/${RBDF_LINE}; using it as it is" \
       "(export it with make update-patches LINE=${RBDF_LINE})"
     return 0
   fi
