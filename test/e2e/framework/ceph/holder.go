@@ -305,6 +305,23 @@ func ReadAppLog(path string) ([]AppWrite, error) {
 // CheckMapFailedAtKernel tells whether "rbd map" failed only where the
 // kernel comes in (there is no rbd module here), after it accepted its
 // arguments: the real rbd then validated the argument list.
+// CheckNbdMapFailedAtKernel returns nil when rbd-nbd map failed only where
+// the nbd kernel module is needed. rbd-nbd parses its arguments, connects to
+// the cluster and opens the image before it looks for a free /dev/nbdN, so
+// failing there proves the arguments, the key file and the image name.
+func CheckNbdMapFailedAtKernel(out []byte, err error) error {
+	s := strings.TrimSpace(string(out))
+	if err == nil {
+		return fmt.Errorf("rbd-nbd map succeeded without the nbd module: %s", s)
+	}
+	for _, kernelStep := range []string{"rbd-nbd: failed to find unused device", "rbd-nbd: failed to open device"} {
+		if strings.Contains(s, kernelStep) {
+			return nil
+		}
+	}
+	return fmt.Errorf("rbd-nbd map failed before the nbd step: %v: %q", err, s)
+}
+
 func CheckMapFailedAtKernel(out []byte, err error) error {
 	s := string(out)
 	for _, refused := range []string{"unknown map option", "couldn't parse map options", "unrecognised option",
