@@ -234,7 +234,7 @@ func (c *Cluster) run(ctx context.Context, timeout time.Duration, args ...string
 		if ctx.Err() != nil {
 			err = fmt.Errorf("timed out after %v", timeout)
 		}
-		return nil, fmt.Errorf("%s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		return nil, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.Bytes(), nil
 }
@@ -252,7 +252,7 @@ func (c *Cluster) daemon(name string, args ...string) (*exec.Cmd, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		out.Close()
-		return nil, fmt.Errorf("start %s: %v", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	process.Record(cmd.Process.Pid, args[0])
 	go func() { _ = cmd.Wait(); out.Close() }()
@@ -275,7 +275,7 @@ func (c *Cluster) StartMonitor() error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("monitor did not answer within 30 s: %v\n%s", err, c.LogTail("mon.a.log", 20))
+			return fmt.Errorf("monitor did not answer within 30 s: %w\n%s", err, c.LogTail("mon.a.log", 20))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -324,7 +324,7 @@ func (c *Cluster) ImageMeta(ctx context.Context, image string) (map[string]strin
 		return meta, nil
 	}
 	if err := json.Unmarshal(out, &meta); err != nil {
-		return nil, fmt.Errorf("cannot read rbd image-meta list %q: %v", out, err)
+		return nil, fmt.Errorf("cannot read rbd image-meta list %q: %w", out, err)
 	}
 	return meta, nil
 }
@@ -372,7 +372,7 @@ func (c *Cluster) Watchers(ctx context.Context, image string) ([]Watcher, error)
 		Watchers *[]Watcher `json:"watchers"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil || st.Watchers == nil {
-		return nil, fmt.Errorf("cannot read rbd status %q: %v", out, err)
+		return nil, fmt.Errorf("cannot read rbd status %q: %w", out, err)
 	}
 	return *st.Watchers, nil
 }

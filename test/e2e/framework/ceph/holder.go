@@ -147,7 +147,7 @@ func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return nil, fmt.Errorf("start the librbd holder (python3-rbd): %v", err)
+		return nil, fmt.Errorf("start the librbd holder (python3-rbd): %w", err)
 	}
 	h := &Holder{cmd: cmd, stdin: stdin, lines: make(chan string, 16), done: make(chan struct{})}
 	go func() {
@@ -207,7 +207,7 @@ func (h *Holder) Read(offset, length int, timeout time.Duration) (string, error)
 
 func (h *Holder) ask(command string, timeout time.Duration) (string, error) {
 	if _, err := io.WriteString(h.stdin, command+"\n"); err != nil {
-		return "", fmt.Errorf("the librbd holder is gone: %v", err)
+		return "", fmt.Errorf("the librbd holder is gone: %w", err)
 	}
 	select {
 	case answer, ok := <-h.lines:
@@ -319,7 +319,7 @@ func CheckNbdMapFailedAtKernel(out []byte, err error) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("rbd-nbd map failed before the nbd step: %v: %q", err, s)
+	return fmt.Errorf("rbd-nbd map failed before the nbd step: %w: %q", err, s)
 }
 
 func CheckMapFailedAtKernel(out []byte, err error) error {
@@ -334,7 +334,7 @@ func CheckMapFailedAtKernel(out []byte, err error) error {
 		return fmt.Errorf("rbd map succeeded without a kernel module: %s", strings.TrimSpace(s))
 	}
 	if !strings.Contains(s, "rbd: map failed: ") {
-		return fmt.Errorf("rbd map failed before the kernel step: %v: %s", err, strings.TrimSpace(s))
+		return fmt.Errorf("rbd map failed before the kernel step: %w: %s", err, strings.TrimSpace(s))
 	}
 	return nil
 }

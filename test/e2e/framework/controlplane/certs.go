@@ -117,7 +117,7 @@ func newPKI(dir string) (*pki, error) {
 			return nil, err
 		}
 		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-			return nil, fmt.Errorf("write %s: %v", path, err)
+			return nil, fmt.Errorf("write %s: %w", path, err)
 		}
 	}
 	return p, nil

@@ -72,13 +72,13 @@ var identities = []struct{ name, token, kubeconfig string }{
 func Start(ctx context.Context, dir string, bin Binaries) (*ControlPlane, error) {
 	for _, b := range []string{bin.Etcd, bin.APIServer} {
 		if _, err := os.Stat(b); err != nil {
-			return nil, fmt.Errorf("control plane binary missing: %v (hack/test-e2e.sh builds it)", err)
+			return nil, fmt.Errorf("control plane binary missing: %w (hack/test-e2e.sh builds it)", err)
 		}
 	}
 	cp := &ControlPlane{Dir: dir}
 	var err error
 	if cp.pki, err = newPKI(filepath.Join(dir, "pki")); err != nil {
-		return nil, fmt.Errorf("generate certificates: %v", err)
+		return nil, fmt.Errorf("generate certificates: %w", err)
 	}
 	logs := filepath.Join(dir, "log")
 	etcdPort, err := process.FreePort()

@@ -152,7 +152,7 @@ func New(cfg Config) (*Agent, error) {
 	host := &volumeHost{dir: cfg.Dir, client: cfg.Client, exec: exec.New(), mounter: mount.NewFakeMounter(nil)}
 	a.plugins = &volume.VolumePluginMgr{}
 	if err := a.plugins.InitPlugins(rbd.ProbeVolumePlugins(), nil, host); err != nil {
-		return nil, fmt.Errorf("init the rbd plugin: %v", err)
+		return nil, fmt.Errorf("init the rbd plugin: %w", err)
 	}
 	return a, a.writeState()
 }
@@ -207,7 +207,7 @@ func (a *Agent) register(ctx context.Context) error {
 		Annotations: map[string]string{ControllerManagedAnnotation: "true"},
 	}}
 	if _, err := a.cfg.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("register node %s: %v", a.cfg.Node, err)
+		return fmt.Errorf("register node %s: %w", a.cfg.Node, err)
 	}
 	return nil
 }
@@ -226,14 +226,14 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 				LeaseDurationSeconds: pointerTo[int32](leaseDuration), RenewTime: &now},
 		}
 		if _, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create lease: %v", err)
+			return fmt.Errorf("create lease: %w", err)
 		}
 	case err != nil:
-		return fmt.Errorf("get lease: %v", err)
+		return fmt.Errorf("get lease: %w", err)
 	default:
 		lease.Spec.RenewTime = &now
 		if _, err := leases.Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("renew lease: %v", err)
+			return fmt.Errorf("renew lease: %w", err)
 		}
 	}
 	// The node lifecycle controller writes the Node too (taints).
@@ -272,7 +272,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	pods, err := a.cfg.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", a.cfg.Node).String()})
 	if err != nil {
-		return fmt.Errorf("list pods: %v", err)
+		return fmt.Errorf("list pods: %w", err)
 	}
 	desired := map[string]podVolume{}
 	podVolumes := map[*v1.Pod][]string{}
@@ -292,14 +292,14 @@ func (a *Agent) sync(ctx context.Context) error {
 			// would be unmapped under a running pod.
 			spec, err := a.specFor(ctx, pod.Namespace, vol.PersistentVolumeClaim.ClaimName, vol.PersistentVolumeClaim.ReadOnly)
 			if err != nil {
-				return fmt.Errorf("pod %s/%s volume %s: %v", pod.Namespace, pod.Name, vol.Name, err)
+				return fmt.Errorf("pod %s/%s volume %s: %w", pod.Namespace, pod.Name, vol.Name, err)
 			}
 			if spec.PersistentVolume.Spec.RBD == nil {
 				continue // only RBD is simulated
 			}
 			plugin, err := a.plugins.FindAttachablePluginBySpec(spec)
 			if err != nil {
-				return fmt.Errorf("pod %s/%s volume %s: %v", pod.Namespace, pod.Name, vol.Name, err)
+				return fmt.Errorf("pod %s/%s volume %s: %w", pod.Namespace, pod.Name, vol.Name, err)
 			}
 			if plugin == nil {
 				continue
@@ -333,13 +333,13 @@ func (a *Agent) sync(ctx context.Context) error {
 	for _, pod := range deleting {
 		if err := a.cfg.Client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name,
 			metav1.DeleteOptions{GracePeriodSeconds: pointerTo[int64](0)}); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("finish deleting pod %s/%s: %v", pod.Namespace, pod.Name, err)
+			return fmt.Errorf("finish deleting pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
 	}
 
 	node, err := a.cfg.Client.CoreV1().Nodes().Get(ctx, a.cfg.Node, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("get node: %v", err)
+		return fmt.Errorf("get node: %w", err)
 	}
 	inUse := make([]v1.UniqueVolumeName, 0, len(desired))
 	for name := range desired {
@@ -349,7 +349,7 @@ func (a *Agent) sync(ctx context.Context) error {
 	if !equalVolumes(node.Status.VolumesInUse, inUse) {
 		node.Status.VolumesInUse = inUse
 		if node, err = a.cfg.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("report volumes in use: %v", err)
+			return fmt.Errorf("report volumes in use: %w", err)
 		}
 	}
 	attached := map[string]bool{}
@@ -405,7 +405,7 @@ func (a *Agent) startPods(ctx context.Context, podVolumes map[*v1.Pod][]string) 
 			})
 		}
 		if _, err := a.cfg.Client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("report pod %s/%s running: %v", pod.Namespace, pod.Name, err)
+			return fmt.Errorf("report pod %s/%s running: %w", pod.Namespace, pod.Name, err)
 		}
 		klog.InfoS("Pod running", "node", a.cfg.Node, "pod", klog.KObj(pod))
 	}
@@ -522,7 +522,7 @@ func (a *Agent) keyFile(spec *volume.Spec) (string, error) {
 	}
 	secret, err := a.cfg.Client.CoreV1().Secrets(ref.Namespace).Get(context.TODO(), ref.Name, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read the volume's secret: %v", err)
+		return "", fmt.Errorf("read the volume's secret: %w", err)
 	}
 	path := filepath.Join(a.cfg.Dir, "keys", spec.Name())
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {

@@ -138,7 +138,7 @@ func Start(name, logDir string, env []string, argv ...string) (*Process, error) 
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		out.Close()
-		return nil, fmt.Errorf("start %s (%s): %v", name, argv[0], err)
+		return nil, fmt.Errorf("start %s (%s): %w", name, argv[0], err)
 	}
 	Record(cmd.Process.Pid, argv[0])
 	p := &Process{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
@@ -215,10 +215,10 @@ func (p *Process) WaitFor(timeout time.Duration, ready func() error) error {
 			return nil
 		}
 		if p.Exited() {
-			return fmt.Errorf("%s exited before it was ready (%v); last lines of %s:\n%s", p.Name, err, p.Log, p.LogTail(30))
+			return fmt.Errorf("%s exited before it was ready (%w); last lines of %s:\n%s", p.Name, err, p.Log, p.LogTail(30))
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %v (%v); last lines of %s:\n%s", p.Name, timeout, err, p.Log, p.LogTail(30))
+			return fmt.Errorf("%s not ready after %v (%w); last lines of %s:\n%s", p.Name, timeout, err, p.Log, p.LogTail(30))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
