@@ -33,7 +33,7 @@ export WATCH_TIMEOUT="${WATCH_TIMEOUT:-10}"
 mkdir -p "${E2E_DIR}"
 
 rbdf::log::info "building the control plane for the e2e"
-rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin" kube-apiserver kube-controller-manager
+rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin" kube-apiserver kube-controller-manager kubelet
 rbdf::tree::stock
 rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
@@ -41,7 +41,14 @@ rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/etcd
 # The simulated nodes of each build run that build's RBD plugin.
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent
 rbdf::golang::go "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}" build -o "${e2e_bin}/rbd-node-agent-stock" ./test/e2e/cmd/rbd-node-agent
+# The real kubelet's nodes: upstream's fake container runtime, and an "rbd"
+# that gives "rbd map" a real block device (rbd-fuse and a loop device).
+rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/fake-cri" ./test/e2e/cmd/fake-cri
+rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-shim" ./test/e2e/cmd/rbd-shim
 export E2E_ETCD="${e2e_bin}/etcd"
+export E2E_KUBELET_PATCHED="${RBDF_LINE_OUTPUT}/bin/kubelet"
+export E2E_FAKE_CRI="${e2e_bin}/fake-cri"
+export E2E_RBD_SHIM="${e2e_bin}/rbd-shim"
 export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
 export E2E_KCM_PATCHED="${RBDF_LINE_OUTPUT}/bin/kube-controller-manager"
 export E2E_KCM_STOCK="${RBDF_LINE_OUTPUT}/stock/bin/kube-controller-manager"

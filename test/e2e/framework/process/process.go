@@ -124,6 +124,11 @@ func Record(pid int, bin string) {
 // Start runs argv in its own process group with env added to the harness's
 // environment and its output appended to logDir/name.log.
 func Start(name, logDir string, env []string, argv ...string) (*Process, error) {
+	return StartIn("", name, logDir, env, argv...)
+}
+
+// StartIn is Start with dir as the working directory ("" for the harness's).
+func StartIn(dir, name, logDir string, env []string, argv ...string) (*Process, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -134,6 +139,7 @@ func Start(name, logDir string, env []string, argv ...string) (*Process, error) 
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,339 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Command rbd-shim is the "rbd" on a test node's PATH. This machine has no
+// kernel rbd module, so it does what only the kernel can do in its place and
+// passes every other call to the real rbd:
+//
+//   - map: runs the real "rbd map" with the same arguments first and requires
+//     it to fail at the kernel step, so the real CLI validates every argv;
+//     then serves the image through rbd-fuse (a librbd client: its watch is
+//     the mapping's watch, and blocklisting it fails the device's I/O), puts
+//     a loop device over it, and makes what the RBD plugin looks for: the
+//     sysfs entry /sys/bus/rbd/devices/N/{pool,name,client_id,config_info}
+//     (on the node's own tmpfs at /sys/bus) and the block device /dev/rbdN
+//     (N is the loop device's number, unique on the machine).
+//   - unmap (by device or by pool/image): reverses it.
+//
+// State lives in $RBD_SHIM_STATE (one directory per node).
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+)
+
+const (
+	realRbd   = "/usr/bin/rbd"
+	sysfsRoot = "/sys/bus/rbd/devices"
+	loopMajor = 7
+)
+
+// mapping is what one map made.
+type mapping struct {
+	Pool     string `json:"pool"`
+	Image    string `json:"image"`
+	Loop     string `json:"loop"`
+	Mount    string `json:"mount"`
+	FusePid  int    `json:"fusePid"`
+	Client   uint64 `json:"client"`
+	ReadOnly bool   `json:"readOnly"`
+}
+
+func main() {
+	args := os.Args[1:]
+	state := os.Getenv("RBD_SHIM_STATE")
+	if len(args) > 0 && state != "" {
+		switch args[0] {
+		case "map":
+			dev, err := mapImage(state, args)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "rbd: %v\n", err)
+				os.Exit(1)
+			}
+			fmt.Println(dev)
+			return
+		case "unmap":
+			if len(args) < 2 {
+				break
+			}
+			if err := unmap(state, args[1]); err != nil {
+				fmt.Fprintf(os.Stderr, "rbd: %v\n", err)
+				os.Exit(1)
+			}
+			return
+		}
+	}
+	if err := syscall.Exec(realRbd, append([]string{"rbd"}, args...), os.Environ()); err != nil {
+		fmt.Fprintf(os.Stderr, "rbd-shim: exec %s: %v\n", realRbd, err)
+		os.Exit(1)
+	}
+}
+
+// mapArgs is what the shim needs from a map's argv.
+type mapArgs struct {
+	pool, image, id, mon, keyfile, keyring, options string
+	readOnly                                        bool
+}
+
+func parseMap(args []string) (mapArgs, error) {
+	var m mapArgs
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		next := func() string {
+			if i+1 < len(args) {
+				i++
+				return args[i]
+			}
+			return ""
+		}
+		switch {
+		case a == "--id":
+			m.id = next()
+		case strings.HasPrefix(a, "--id="):
+			m.id = strings.TrimPrefix(a, "--id=")
+		case a == "-m":
+			m.mon = next()
+		case strings.HasPrefix(a, "--keyfile="):
+			m.keyfile = strings.TrimPrefix(a, "--keyfile=")
+		case a == "-k" || a == "--keyring":
+			m.keyring = next()
+		case a == "-o" || a == "--options":
+			m.options = next()
+		case a == "--read-only":
+			m.readOnly = true
+		case a == "--pool":
+			m.pool = next()
+		case strings.HasPrefix(a, "-"):
+			// Options with values of their own are joined with "=" by the plugin.
+		default:
+			if m.image == "" {
+				m.image = a
+			}
+		}
+	}
+	if p, img, ok := strings.Cut(m.image, "/"); ok {
+		m.pool, m.image = p, img
+	}
+	if m.pool == "" || m.image == "" || m.mon == "" {
+		return m, fmt.Errorf("rbd-shim: cannot read pool, image and monitors from %q", args)
+	}
+	return m, nil
+}
+
+func mapImage(state string, args []string) (string, error) {
+	out, err := exec.Command(realRbd, args...).CombinedOutput()
+	if checkErr := ceph.CheckMapFailedAtKernel(out, err); checkErr != nil {
+		return "", checkErr
+	}
+	m, err := parseMap(args)
+	if err != nil {
+		return "", err
+	}
+	cred := []string{"--id", m.id, "-m", m.mon}
+	if m.keyfile != "" {
+		cred = append(cred, "--keyfile="+m.keyfile)
+	} else if m.keyring != "" {
+		cred = append(cred, "-k", m.keyring)
+	}
+	before, err := watchers(m, cred)
+	if err != nil {
+		return "", err
+	}
+	mnt, err := os.MkdirTemp(state, "fuse-")
+	if err != nil {
+		return "", err
+	}
+	logFile, err := os.OpenFile(filepath.Join(state, "rbd-fuse.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer logFile.Close()
+	fuseArgs := append([]string{"-p", m.pool, "-r", m.image}, cred...)
+	fuseArgs = append(fuseArgs, "-f", mnt)
+	fuse := exec.Command("rbd-fuse", fuseArgs...)
+	fuse.Stdout, fuse.Stderr = logFile, logFile
+	// Its own session: it outlives this call and the kubelet's deadline.
+	fuse.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := fuse.Start(); err != nil {
+		return "", fmt.Errorf("start rbd-fuse: %w", err)
+	}
+	go func() { _ = fuse.Wait() }()
+	undo := func() {
+		_ = exec.Command("umount", "-l", mnt).Run()
+		_ = fuse.Process.Kill()
+		_ = os.Remove(mnt)
+	}
+	file := filepath.Join(mnt, m.image)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(file); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			undo()
+			return "", fmt.Errorf("rbd-fuse did not serve %s within 30 s (log %s)", file, logFile.Name())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	losetup := []string{"-f", "--show"}
+	if m.readOnly {
+		losetup = append(losetup, "-r")
+	}
+	loopOut, err := exec.Command("losetup", append(losetup, file)...).CombinedOutput()
+	if err != nil {
+		undo()
+		return "", fmt.Errorf("losetup: %v: %s (no free loop device?)", err, bytes.TrimSpace(loopOut))
+	}
+	loop := strings.TrimSpace(string(loopOut))
+	n, err := strconv.Atoi(strings.TrimPrefix(loop, "/dev/loop"))
+	if err != nil {
+		_ = exec.Command("losetup", "-d", loop).Run()
+		undo()
+		return "", fmt.Errorf("losetup gave %q", loop)
+	}
+	client := newWatcher(m, cred, before)
+	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, Client: client, ReadOnly: m.readOnly}
+	if err := publish(state, n, mp, m); err != nil {
+		_ = exec.Command("losetup", "-d", loop).Run()
+		undo()
+		return "", err
+	}
+	return fmt.Sprintf("/dev/rbd%d", n), nil
+}
+
+// watchers returns the client ids watching the image.
+func watchers(m mapArgs, cred []string) (map[uint64]bool, error) {
+	args := append([]string{"status", m.pool + "/" + m.image, "--format=json"}, cred...)
+	out, err := exec.Command(realRbd, args...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("rbd status: %w", err)
+	}
+	var st struct {
+		Watchers []struct {
+			Client uint64 `json:"client"`
+		} `json:"watchers"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("rbd status %q: %w", out, err)
+	}
+	ids := map[uint64]bool{}
+	for _, w := range st.Watchers {
+		ids[w.Client] = true
+	}
+	return ids, nil
+}
+
+// newWatcher returns the client that started watching since before: the
+// rbd-fuse client (0 if it cannot tell).
+func newWatcher(m mapArgs, cred []string, before map[uint64]bool) uint64 {
+	for i := 0; i < 50; i++ {
+		now, err := watchers(m, cred)
+		if err == nil {
+			for id := range now {
+				if !before[id] {
+					return id
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0
+}
+
+// publish makes the sysfs entry and the device node, and records the mapping.
+func publish(state string, n int, mp mapping, m mapArgs) error {
+	dir := filepath.Join(sysfsRoot, strconv.Itoa(n))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("the node's /sys/bus is not its own tmpfs: %w", err)
+	}
+	opts := "name=" + m.id
+	if m.options != "" {
+		opts += "," + m.options
+	}
+	if m.readOnly {
+		opts += ",read_only"
+	}
+	for name, value := range map[string]string{
+		"pool": mp.Pool, "name": mp.Image, "current_snap": "-",
+		"client_id":   fmt.Sprintf("client%d", mp.Client),
+		"config_info": fmt.Sprintf("%s %s %s %s -", m.mon, opts, mp.Pool, mp.Image),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(value+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	dev := fmt.Sprintf("/dev/rbd%d", n)
+	_ = os.Remove(dev)
+	if err := syscall.Mknod(dev, syscall.S_IFBLK|0o660, int(loopMajor<<8|n)); err != nil {
+		return fmt.Errorf("mknod %s: %w", dev, err)
+	}
+	data, _ := json.Marshal(mp)
+	return os.WriteFile(filepath.Join(state, fmt.Sprintf("rbd%d.json", n)), data, 0o644)
+}
+
+func unmap(state, target string) error {
+	records, _ := filepath.Glob(filepath.Join(state, "rbd*.json"))
+	for _, rec := range records {
+		data, err := os.ReadFile(rec)
+		if err != nil {
+			continue
+		}
+		var mp mapping
+		if json.Unmarshal(data, &mp) != nil {
+			continue
+		}
+		n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json")
+		if target != "/dev/rbd"+n && target != mp.Pool+"/"+mp.Image {
+			continue
+		}
+		if out, err := exec.Command("losetup", "-d", mp.Loop).CombinedOutput(); err != nil {
+			return fmt.Errorf("rbd: sysfs write failed\nlosetup -d %s: %v: %s", mp.Loop, err, bytes.TrimSpace(out))
+		}
+		_ = exec.Command("umount", mp.Mount).Run()
+		// rbd-fuse closes the image (and its watch) as it exits.
+		for i := 0; i < 100 && running(mp.FusePid); i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+		_ = syscall.Kill(mp.FusePid, syscall.SIGKILL)
+		_ = os.Remove(mp.Mount)
+		_ = os.RemoveAll(filepath.Join(sysfsRoot, n))
+		_ = os.Remove("/dev/rbd" + n)
+		return os.Remove(rec)
+	}
+	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
+}
+
+// running reports whether pid has not exited: rbd-fuse outlives the shim
+// that started it, and nothing may reap it, so a zombie counts as exited.
+func running(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && !bytes.HasPrefix(stat[i+1:], []byte(" Z"))
+}

@@ -1,0 +1,228 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Package kubelet runs a test node: the real, unmodified kubelet binary,
+// configured only through upstream's flags and config file, with upstream's
+// fake container runtime (pods without containers, volumes for real), in a
+// mount namespace of its own whose /sys/bus is a tmpfs, and with
+// test/e2e/cmd/rbd-shim as the "rbd" on its PATH, so that "rbd map" gives
+// the node a real block device backed by a librbd client.
+package kubelet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
+)
+
+// Options say which binaries a node runs and where it keeps its files.
+type Options struct {
+	// Kubelet, FakeCRI and RbdShim are the binaries.
+	Kubelet, FakeCRI, RbdShim string
+	// Kubeconfig is the node's credentials for the API server.
+	Kubeconfig string
+	// Dir holds the node's directories; LogDir its logs.
+	Dir, LogDir string
+	// Env is added to the kubelet's environment (CEPH_CONF).
+	Env []string
+}
+
+// Node is a running test node.
+type Node struct {
+	Name string
+	// Root is the kubelet's --root-dir.
+	Root string
+	opts Options
+	dir  string
+	cri  *process.Process
+	// Kubelet is the kubelet process; its pid names the node's mount
+	// namespace.
+	Kubelet *process.Process
+}
+
+// config is the KubeletConfiguration: upstream defaults except what this
+// VM needs (no swap check, no QoS cgroups, no allocatable enforcement) and
+// what a second kubelet on one host must not share (ports, endpoints).
+const config = `apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failSwapOn: false
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://%[1]s/cri.sock
+imageServiceEndpoint: unix://%[1]s/cri.sock
+address: 127.0.0.1
+port: %[2]d
+healthzBindAddress: 127.0.0.1
+healthzPort: %[3]d
+readOnlyPort: 0
+authentication:
+  anonymous:
+    enabled: true
+  webhook:
+    enabled: false
+authorization:
+  mode: AlwaysAllow
+`
+
+// Start starts a node named name.
+func Start(ctx context.Context, name string, o Options) (*Node, error) {
+	n := &Node{Name: name, opts: o, dir: filepath.Join(o.Dir, name)}
+	n.Root = filepath.Join(n.dir, "root")
+	for _, d := range []string{n.Root, n.bin(), n.state()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	_ = os.Remove(filepath.Join(n.bin(), "rbd"))
+	if err := os.Symlink(o.RbdShim, filepath.Join(n.bin(), "rbd")); err != nil {
+		return nil, err
+	}
+	var err error
+	// Every process of the node runs in the node's directory: nothing it
+	// does with a relative path lands in the harness's package directory.
+	n.cri, err = process.StartIn(n.dir, "fake-cri-"+name, o.LogDir, nil, o.FakeCRI, "--endpoint=unix://"+n.dir+"/cri.sock")
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(n.dir, "cri.sock")
+	if err := n.cri.WaitFor(30*time.Second, func() error {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if err := n.StartKubelet(ctx); err != nil {
+		n.cri.Stop(5 * time.Second)
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) bin() string   { return filepath.Join(n.dir, "bin") }
+func (n *Node) state() string { return filepath.Join(n.dir, "rbd-state") }
+
+// StartKubelet starts the kubelet (again, after a kill) and waits for its
+// health endpoint.
+func (n *Node) StartKubelet(ctx context.Context) error {
+	port, err := process.FreePort()
+	if err != nil {
+		return err
+	}
+	healthz, err := process.FreePort()
+	if err != nil {
+		return err
+	}
+	cfg := filepath.Join(n.dir, "kubelet.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(config, n.dir, port, healthz)), 0o644); err != nil {
+		return err
+	}
+	// A mount namespace of its own with a tmpfs at /sys/bus, where the
+	// shim makes the node's /sys/bus/rbd/devices entries.
+	script := `mount --make-rprivate / && mount -t tmpfs tmpfs /sys/bus && mkdir -p /sys/bus/rbd/devices && exec "$0" "$@"`
+	env := append([]string{
+		"PATH=" + n.bin() + ":" + os.Getenv("PATH"),
+		"RBD_SHIM_STATE=" + n.state(),
+	}, n.opts.Env...)
+	n.Kubelet, err = process.StartIn(n.dir, "kubelet-"+n.Name, n.opts.LogDir, env, "unshare", "--mount", "--", "sh", "-c", script,
+		n.opts.Kubelet, "--config="+cfg, "--kubeconfig="+n.opts.Kubeconfig, "--hostname-override="+n.Name,
+		"--root-dir="+n.Root, "--cert-dir="+filepath.Join(n.dir, "pki"), "--v=4")
+	if err != nil {
+		return err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz)
+	return n.Kubelet.WaitFor(time.Minute, func() error {
+		out, err := exec.CommandContext(ctx, "curl", "-sf", url).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", url, err, out)
+		}
+		return nil
+	})
+}
+
+// InNode runs argv in the node's mount namespace and returns its output.
+func (n *Node) InNode(ctx context.Context, argv ...string) ([]byte, error) {
+	args := append([]string{"-t", strconv.Itoa(n.Kubelet.Pid()), "-m", "--"}, argv...)
+	return exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+}
+
+// PodVolumeDir is where the kubelet mounts the pod's PersistentVolume.
+func (n *Node) PodVolumeDir(podUID, pv string) string {
+	return filepath.Join(n.Root, "pods", podUID, "volumes", "kubernetes.io~rbd", pv)
+}
+
+// Mounts returns the node's mounts of /dev/rbd* devices, as "device mountpoint".
+func (n *Node) Mounts(ctx context.Context) ([]string, error) {
+	out, err := n.InNode(ctx, "cat", "/proc/self/mounts")
+	if err != nil {
+		return nil, fmt.Errorf("read %s's mounts: %w: %s", n.Name, err, out)
+	}
+	var mounts []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 1 && strings.HasPrefix(f[0], "/dev/rbd") {
+			mounts = append(mounts, f[0]+" "+f[1])
+		}
+	}
+	return mounts, nil
+}
+
+// Stop stops the kubelet and the runtime, unmounts what the kubelet left
+// under its root (its mount namespace goes with it) and frees the node's
+// devices.
+func (n *Node) Stop() {
+	if n.Kubelet != nil {
+		n.Kubelet.Stop(10 * time.Second)
+	}
+	n.cri.Stop(5 * time.Second)
+	Cleanup(n.dir)
+}
+
+// Cleanup frees what the shim made for a node whose files are in dir: loop
+// devices, device nodes and rbd-fuse daemons. An aborted run's nodes are
+// cleaned this way when the next run starts.
+func Cleanup(dir string) {
+	records, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "rbd*.json"))
+	for _, rec := range records {
+		n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json")
+		_ = exec.Command("losetup", "-d", "/dev/loop"+n).Run()
+		_ = os.Remove("/dev/rbd" + n)
+		var mp struct {
+			FusePid int `json:"fusePid"`
+		}
+		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.FusePid > 0 {
+			// Only if the pid still runs rbd-fuse: it may have been reused.
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", mp.FusePid)); err == nil &&
+				strings.HasPrefix(string(cmdline), "rbd-fuse\x00") {
+				_ = syscall.Kill(mp.FusePid, syscall.SIGKILL)
+			}
+		}
+		_ = os.Remove(rec)
+	}
+}

@@ -1,0 +1,268 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package kubelet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+)
+
+// Timeouts of the suite, in one place.
+const (
+	nodeReadyTimeout  = 2 * time.Minute
+	podRunningTimeout = 3 * time.Minute
+	podGoneTimeout    = 3 * time.Minute
+	pollInterval      = 200 * time.Millisecond
+)
+
+// poll waits for cond and fails the test with what after timeout.
+func poll(ctx context.Context, t *testing.T, what string, timeout time.Duration, cond func(context.Context) (bool, error)) time.Time {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(ctx, pollInterval, timeout, true, cond); err != nil {
+		t.Fatalf("%s: not within %v: %v", what, timeout, err)
+	}
+	return time.Now()
+}
+
+// createVolume creates an image and a bound PV/PVC pair named after it.
+func createVolume(ctx context.Context, t *testing.T, image string, mode v1.PersistentVolumeAccessMode) string {
+	t.Helper()
+	client := env.cp.Client
+	if err := env.cluster.CreateImage(ctx, image, 64); err != nil {
+		t.Fatalf("create image: %v", err)
+	}
+	size := resource.MustParse("64Mi")
+	pvc := &v1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: image, Namespace: namespace},
+		Spec: v1.PersistentVolumeClaimSpec{
+			AccessModes: []v1.PersistentVolumeAccessMode{mode},
+			VolumeName:  image,
+		},
+	}
+	// From JSON: the field's Go type was renamed in v1.29, its JSON was not.
+	if err := json.Unmarshal([]byte(`{"spec":{"resources":{"requests":{"storage":"64Mi"}}}}`), pvc); err != nil {
+		t.Fatal(err)
+	}
+	pvc, err := client.CoreV1().PersistentVolumeClaims(namespace).Create(ctx, pvc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create PVC: %v", err)
+	}
+	pv, err := client.CoreV1().PersistentVolumes().Create(ctx, &v1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: image},
+		Spec: v1.PersistentVolumeSpec{
+			Capacity:    v1.ResourceList{v1.ResourceStorage: size},
+			AccessModes: []v1.PersistentVolumeAccessMode{mode},
+			PersistentVolumeSource: v1.PersistentVolumeSource{RBD: &v1.RBDPersistentVolumeSource{
+				CephMonitors: []string{env.cluster.Monitor}, RBDPool: "rbd", RBDImage: image, RadosUser: "kube",
+				FSType: "ext4", SecretRef: &v1.SecretReference{Name: secretName, Namespace: namespace},
+			}},
+			ClaimRef:                      &v1.ObjectReference{Kind: "PersistentVolumeClaim", Namespace: namespace, Name: image, UID: pvc.UID},
+			PersistentVolumeReclaimPolicy: v1.PersistentVolumeReclaimRetain,
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create PV: %v", err)
+	}
+	// No PV controller runs: the harness binds the pre-bound pair.
+	pv.Status.Phase = v1.VolumeBound
+	if _, err := client.CoreV1().PersistentVolumes().UpdateStatus(ctx, pv, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("bind PV: %v", err)
+	}
+	pvc.Status.Phase = v1.ClaimBound
+	pvc.Status.AccessModes = []v1.PersistentVolumeAccessMode{mode}
+	pvc.Status.Capacity = v1.ResourceList{v1.ResourceStorage: size}
+	if _, err := client.CoreV1().PersistentVolumeClaims(namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("bind PVC: %v", err)
+	}
+	return image
+}
+
+// createPod creates a pod bound to node (no scheduler runs) that mounts claim.
+func createPod(ctx context.Context, t *testing.T, name, claim string, node *kubelet.Node) *v1.Pod {
+	t.Helper()
+	grace := int64(2)
+	pod, err := env.cp.Client.CoreV1().Pods(namespace).Create(ctx, &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec: v1.PodSpec{
+			NodeName:                      node.Name,
+			TerminationGracePeriodSeconds: &grace,
+			// The kubelet sets up only volumes that a container mounts.
+			Containers: []v1.Container{{Name: "user", Image: "registry.k8s.io/pause:3.9",
+				VolumeMounts: []v1.VolumeMount{{Name: "data", MountPath: "/data"}}}},
+			Volumes: []v1.Volume{{Name: "data", VolumeSource: v1.VolumeSource{
+				PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create pod %s: %v", name, err)
+	}
+	return pod
+}
+
+func startNode(ctx context.Context, t *testing.T, name string) *kubelet.Node {
+	t.Helper()
+	n, err := kubelet.Start(ctx, name, env.nodes)
+	if err != nil {
+		t.Fatalf("start node %s: %v", name, err)
+	}
+	t.Cleanup(n.Stop)
+	poll(ctx, t, "node "+name+" Ready", nodeReadyTimeout, func(ctx context.Context) (bool, error) {
+		node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == v1.NodeReady && c.Status == v1.ConditionTrue {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	return n
+}
+
+// readBack maps image read-only on the host, outside every node, through
+// rbd-fuse and a loop device, and returns the content of file on it.
+func readBack(ctx context.Context, t *testing.T, image, file string) string {
+	t.Helper()
+	keyFile, err := env.cluster.HolderKeyFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := `set -euo pipefail
+fuse="$1/fuse"; mnt="$1/mnt"; mkdir -p "$fuse" "$mnt"
+rbd-fuse -p rbd -r "$2" --id kube -m "$3" --keyfile="$4" "$fuse"
+trap 'umount "$mnt" 2>/dev/null || true; [[ -z "${loop:-}" ]] || losetup -d "$loop"; umount "$fuse"' EXIT
+for _ in $(seq 100); do [[ -e "$fuse/$2" ]] && break; sleep 0.1; done
+loop="$(losetup -f --show -r "$fuse/$2")"
+mount -o ro,noload "$loop" "$mnt"
+cat "$mnt/$5"`
+	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--", "bash", "-c", script, "read-back",
+		t.TempDir(), image, env.cluster.Monitor, keyFile, file)
+	cmd.Env = append(os.Environ(), env.nodes.Env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("read %s back from image %s: %v: %s%s", file, image, err, out, stderr.Bytes())
+	}
+	return string(out)
+}
+
+// TestPodGetsARealFilesystemOnTheImage runs one pod with an RBD volume on a
+// real kubelet: the attach/detach controller attaches, the kubelet's volume
+// manager maps through the patched plugin (gate, fence, map, record),
+// formats the device with a real ext4 and mounts it into the pod; data
+// written there is on the image; when the pod goes, the kubelet unmounts
+// and unmaps, and the image has no watcher left.
+func TestPodGetsARealFilesystemOnTheImage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	nodeA := startNode(ctx, t, "node-a")
+	claim := createVolume(ctx, t, "realfs", v1.ReadWriteOnce)
+	start := time.Now()
+	pod := createPod(ctx, t, "user-1", claim, nodeA)
+	client := env.cp.Client
+	running := poll(ctx, t, "pod user-1 Running", podRunningTimeout, func(ctx context.Context) (bool, error) {
+		p, err := client.CoreV1().Pods(namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		return err == nil && p.Status.Phase == v1.PodRunning, nil
+	})
+	mounts, err := nodeA.Mounts(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	volDir := nodeA.PodVolumeDir(string(pod.UID), claim)
+	var device string
+	for _, m := range mounts {
+		if f := strings.Fields(m); f[1] == volDir {
+			device = f[0]
+		}
+	}
+	if device == "" {
+		t.Fatalf("no /dev/rbd* mounted at the pod's volume %s; node-a's rbd mounts: %q", volDir, mounts)
+	}
+	fstype, err := nodeA.InNode(ctx, "findmnt", "-n", "-o", "FSTYPE", volDir)
+	if err != nil || trim(fstype) != "ext4" {
+		t.Fatalf("the pod's volume is %q (%v), want ext4", fstype, err)
+	}
+	watchers, err := env.cluster.Watchers(ctx, "realfs")
+	if err != nil || len(watchers) != 1 {
+		t.Fatalf("watchers of the mapped image: %v (%v), want exactly node-a's", watchers, err)
+	}
+	meta, err := env.cluster.ImageMeta(ctx, "realfs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := fmt.Sprintf("kubernetes.io/rbd-fence.holder.client.%d", watchers[0].Client)
+	if _, ok := meta[holder]; !ok {
+		t.Errorf("image metadata %v has no holder record %s for node-a's client", meta, holder)
+	}
+
+	// The application: a record written through the mounted filesystem.
+	record := fmt.Sprintf("node-a wrote this at %s", time.Now().Format(time.RFC3339Nano))
+	if out, err := nodeA.InNode(ctx, "sh", "-c", `printf '%s\n' "$1" > "$2/records" && sync "$2/records"`, "app",
+		record, volDir); err != nil {
+		t.Fatalf("write through the pod's volume: %v: %s", err, out)
+	}
+
+	if err := client.CoreV1().Pods(namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	poll(ctx, t, "pod user-1 gone", podGoneTimeout, func(ctx context.Context) (bool, error) {
+		_, err := client.CoreV1().Pods(namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	unmapped := poll(ctx, t, "node-a unmounts and unmaps", podGoneTimeout, func(ctx context.Context) (bool, error) {
+		mounts, err := nodeA.Mounts(ctx)
+		if err != nil || len(mounts) != 0 {
+			return false, nil
+		}
+		if left, _ := filepath.Glob("/dev/rbd*"); len(left) != 0 {
+			return false, nil
+		}
+		w, err := env.cluster.Watchers(ctx, "realfs")
+		return err == nil && len(w) == 0, nil
+	})
+	meta, err = env.cluster.ImageMeta(ctx, "realfs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := meta[holder]; ok {
+		t.Errorf("node-a's holder record %s stays after its clean unmap: %v", holder, meta)
+	}
+	if got := strings.TrimSpace(readBack(ctx, t, "realfs", "records")); got != record {
+		t.Errorf("the image holds %q, want node-a's record %q", got, record)
+	}
+	report("- real kubelet (%s), one pod, RWO RBD volume: Running %v after the pod was created; ext4 on %s (rbd-fuse + loop); the record written through the pod's mount read back from the image after the pod was deleted; unmounted, unmapped and the holder record removed %v after the delete\n",
+		nodeA.Name, running.Sub(start).Round(100*time.Millisecond), device, unmapped.Sub(running).Round(100*time.Millisecond))
+}

@@ -1,0 +1,171 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Package kubelet holds the end-to-end tests that run the real, patched
+// kubelet binary on its node: a real Ceph cluster, a real control plane
+// with the patched kube-controller-manager, and kubelets whose "rbd map"
+// gives them a real block device (test/e2e/cmd/rbd-shim), on which they make
+// and mount a real ext4.
+package kubelet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/controlplane"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
+)
+
+const (
+	namespace  = "sock-shop"
+	secretName = "ceph-kube"
+)
+
+var env struct {
+	dir     string
+	cluster *ceph.Cluster
+	cp      *controlplane.ControlPlane
+	kcm     *controlplane.ControllerManager
+	nodes   kubelet.Options
+}
+
+// binaryVars name the binaries, from the environment hack/test-e2e.sh sets.
+var binaryVars = []string{"E2E_ETCD", "E2E_KUBE_APISERVER", "E2E_KCM_PATCHED", "E2E_KUBELET_PATCHED", "E2E_FAKE_CRI", "E2E_RBD_SHIM"}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	env.dir = os.Getenv("E2E_DIR")
+	if env.dir == "" {
+		env.dir = filepath.Join(os.TempDir(), "kube-rbd-failover-e2e")
+	}
+	if !filepath.IsAbs(env.dir) {
+		fmt.Fprintf(os.Stderr, "E2E_DIR=%q: want an absolute path\n", env.dir)
+		return 2
+	}
+	env.dir = filepath.Join(env.dir, "kubelet")
+	for _, v := range binaryVars {
+		if os.Getenv(v) == "" {
+			fmt.Fprintf(os.Stderr, "%s not set: run the kubelet e2e through make e2e (hack/test-e2e.sh builds the binaries)\n", v)
+			return 2
+		}
+	}
+	// Kills what an aborted earlier run left running, and frees its devices.
+	if err := process.SetRegistry(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "kubelet-running.pids")); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(env.dir, "nodes", "*"))
+	for _, d := range leftovers {
+		kubelet.Cleanup(d)
+	}
+	_ = os.RemoveAll(env.dir)
+	// The daemons inherit the working directory: the suite's, not the
+	// package's source directory.
+	if err := os.MkdirAll(env.dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := os.Chdir(env.dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := setUp(m)
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "logs kept in %s\n", env.dir)
+	}
+	return code
+}
+
+func setUp(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	watchTimeout, err := ceph.WatchTimeoutFromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	env.cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(env.dir, "ceph"), WatchTimeout: watchTimeout})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n", err)
+		return 1
+	}
+	defer env.cluster.Stop()
+	env.cp, err = controlplane.Start(ctx, filepath.Join(env.dir, "controlplane"), controlplane.Binaries{
+		Etcd: os.Getenv("E2E_ETCD"), APIServer: os.Getenv("E2E_KUBE_APISERVER")})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "starting the control plane: %v\n", err)
+		return 1
+	}
+	defer env.cp.Stop()
+	env.kcm, err = env.cp.StartControllerManager(ctx, "patched", os.Getenv("E2E_KCM_PATCHED"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "starting kube-controller-manager: %v\n", err)
+		return 1
+	}
+	defer env.kcm.Stop()
+	emptyConf := filepath.Join(env.dir, "empty-ceph.conf")
+	if err := os.WriteFile(emptyConf, nil, 0o644); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	env.nodes = kubelet.Options{Kubelet: os.Getenv("E2E_KUBELET_PATCHED"), FakeCRI: os.Getenv("E2E_FAKE_CRI"),
+		RbdShim: os.Getenv("E2E_RBD_SHIM"), Kubeconfig: env.cp.Kubeconfig,
+		Dir: filepath.Join(env.dir, "nodes"), LogDir: filepath.Join(env.dir, "log"),
+		Env: []string{"CEPH_CONF=" + emptyConf}}
+	client := env.cp.Client
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}},
+		metav1.CreateOptions{}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if _, err := client.CoreV1().Secrets(namespace).Create(ctx, &v1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secretName},
+		Type:       "kubernetes.io/rbd",
+		Data:       map[string][]byte{"key": []byte(env.cluster.UserKey)},
+	}, metav1.CreateOptions{}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// report prints a line for the e2e report and appends it to
+// kubelet-report.md beside the suite's directory.
+func report(format string, args ...interface{}) {
+	line := fmt.Sprintf(format, args...)
+	fmt.Print("E2E-REPORT: " + line)
+	f, err := os.OpenFile(filepath.Join(filepath.Dir(env.dir), "kubelet-report.md"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.WriteString(line)
+}
+
+func trim(b []byte) string { return strings.TrimSpace(string(b)) }
