@@ -13,10 +13,10 @@ readonly PACKAGES=(
   ceph-mon ceph-osd ceph-common python3-rbd
   # test/e2e/node: the plugin's rbd-nbd fallback runs the real rbd-nbd
   rbd-nbd
-  # test/e2e/kubelet: a node's mapping is rbd-fuse under a loop device;
-  # the harness reads the nodes' mounts with nsenter, the kubelet's health
-  # with curl
-  rbd-fuse curl
+  # test/e2e/kubelet: a node's mapping is rbd-fuse under a loop device
+  # (losetup is in Debian's mount package); the harness asks the kubelet's
+  # health endpoint with curl
+  rbd-fuse curl mount
   # test/e2e/node: a dirty ext4 on a read-only loop device
   e2fsprogs util-linux
 )

@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -107,11 +106,26 @@ func createVolume(ctx context.Context, t *testing.T, image string, mode v1.Persi
 	return image
 }
 
+// podOption changes a pod before it is created.
+type podOption func(*v1.Pod)
+
+// tolerateUnreachable sets how long the pod stays on a node that is
+// unreachable or not ready (upstream's admission default: 300 s).
+func tolerateUnreachable(d time.Duration) podOption {
+	return func(p *v1.Pod) {
+		s := int64(d / time.Second)
+		p.Spec.Tolerations = []v1.Toleration{
+			{Key: v1.TaintNodeUnreachable, Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoExecute, TolerationSeconds: &s},
+			{Key: v1.TaintNodeNotReady, Operator: v1.TolerationOpExists, Effect: v1.TaintEffectNoExecute, TolerationSeconds: &s},
+		}
+	}
+}
+
 // createPod creates a pod bound to node (no scheduler runs) that mounts claim.
-func createPod(ctx context.Context, t *testing.T, name, claim string, node *kubelet.Node) *v1.Pod {
+func createPod(ctx context.Context, t *testing.T, name, claim string, node *kubelet.Node, opts ...podOption) *v1.Pod {
 	t.Helper()
 	grace := int64(2)
-	pod, err := env.cp.Client.CoreV1().Pods(namespace).Create(ctx, &v1.Pod{
+	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Spec: v1.PodSpec{
 			NodeName:                      node.Name,
@@ -122,7 +136,11 @@ func createPod(ctx context.Context, t *testing.T, name, claim string, node *kube
 			Volumes: []v1.Volume{{Name: "data", VolumeSource: v1.VolumeSource{
 				PersistentVolumeClaim: &v1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}}},
 		},
-	}, metav1.CreateOptions{})
+	}
+	for _, o := range opts {
+		o(pod)
+	}
+	pod, err := env.cp.Client.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create pod %s: %v", name, err)
 	}
@@ -247,7 +265,7 @@ func TestPodGetsARealFilesystemOnTheImage(t *testing.T) {
 		if err != nil || len(mounts) != 0 {
 			return false, nil
 		}
-		if left, _ := filepath.Glob("/dev/rbd*"); len(left) != 0 {
+		if _, err := os.Stat(device); err == nil {
 			return false, nil
 		}
 		w, err := env.cluster.Watchers(ctx, "realfs")
@@ -265,4 +283,25 @@ func TestPodGetsARealFilesystemOnTheImage(t *testing.T) {
 	}
 	report("- real kubelet (%s), one pod, RWO RBD volume: Running %v after the pod was created; ext4 on %s (rbd-fuse + loop); the record written through the pod's mount read back from the image after the pod was deleted; unmounted, unmapped and the holder record removed %v after the delete\n",
 		nodeA.Name, running.Sub(start).Round(100*time.Millisecond), device, unmapped.Sub(running).Round(100*time.Millisecond))
+}
+
+// imageBytes reads n bytes of image at offset, straight from Ceph (rbd
+// export): no filesystem, no cache in between.
+func imageBytes(ctx context.Context, t *testing.T, image string, offset, n int64) []byte {
+	t.Helper()
+	keyFile, err := env.cluster.HolderKeyFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, "bash", "-c",
+		`set -o pipefail; rbd export --no-progress --id kube -m "$1" --keyfile="$2" "rbd/$3" - | tail -c +$(($4 + 1)) | head -c "$5"`,
+		"image-bytes", env.cluster.Monitor, keyFile, image, fmt.Sprint(offset), fmt.Sprint(n))
+	cmd.Env = append(os.Environ(), env.nodes.Env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil && len(out) != int(n) {
+		t.Fatalf("read %d bytes of image %s at %d: %v: %s", n, image, offset, err, stderr.Bytes())
+	}
+	return out
 }

@@ -80,7 +80,8 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	leftovers, _ := filepath.Glob(filepath.Join(env.dir, "nodes", "*"))
+	// Every earlier run's nodes: each run has a directory of its own.
+	leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "*", "kubelet", "nodes", "*"))
 	for _, d := range leftovers {
 		kubelet.Cleanup(d)
 	}

@@ -49,7 +49,6 @@ import (
 const (
 	realRbd   = "/usr/bin/rbd"
 	sysfsRoot = "/sys/bus/rbd/devices"
-	loopMajor = 7
 )
 
 // mapping is what one map made.
@@ -173,7 +172,9 @@ func mapImage(state string, args []string) (string, error) {
 	}
 	defer logFile.Close()
 	fuseArgs := append([]string{"-p", m.pool, "-r", m.image}, cred...)
-	fuseArgs = append(fuseArgs, "-f", mnt)
+	// No client-side write cache: like krbd, a write is acknowledged once
+	// the OSDs have it, and a blocklisted client's write fails.
+	fuseArgs = append(fuseArgs, "--rbd_cache=false", "-f", mnt)
 	fuse := exec.Command("rbd-fuse", fuseArgs...)
 	fuse.Stdout, fuse.Stderr = logFile, logFile
 	// Its own session: it outlives this call and the kubelet's deadline.
@@ -182,10 +183,19 @@ func mapImage(state string, args []string) (string, error) {
 		return "", fmt.Errorf("start rbd-fuse: %w", err)
 	}
 	go func() { _ = fuse.Wait() }()
+	// Recorded at once: if this call is killed (the kubelet's deadline),
+	// the next run still finds the client and its mount.
+	pending := filepath.Join(state, fmt.Sprintf("pending-%d.json", fuse.Process.Pid))
+	data, _ := json.Marshal(mapping{Pool: m.pool, Image: m.image, Mount: mnt, FusePid: fuse.Process.Pid})
+	if err := os.WriteFile(pending, data, 0o644); err != nil {
+		_ = fuse.Process.Kill()
+		return "", err
+	}
 	undo := func() {
 		_ = exec.Command("umount", "-l", mnt).Run()
 		_ = fuse.Process.Kill()
 		_ = os.Remove(mnt)
+		_ = os.Remove(pending)
 	}
 	file := filepath.Join(mnt, m.image)
 	deadline := time.Now().Add(30 * time.Second)
@@ -216,12 +226,18 @@ func mapImage(state string, args []string) (string, error) {
 		return "", fmt.Errorf("losetup gave %q", loop)
 	}
 	client := newWatcher(m, cred, before)
+	if client == 0 {
+		_ = exec.Command("losetup", "-d", loop).Run()
+		undo()
+		return "", fmt.Errorf("rbd-fuse's watch on %s/%s did not show in rbd status", m.pool, m.image)
+	}
 	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, Client: client, ReadOnly: m.readOnly}
 	if err := publish(state, n, mp, m); err != nil {
 		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
 		return "", err
 	}
+	_ = os.Remove(pending)
 	return fmt.Sprintf("/dev/rbd%d", n), nil
 }
 
@@ -287,9 +303,13 @@ func publish(state string, n int, mp mapping, m mapArgs) error {
 		}
 	}
 	dev := fmt.Sprintf("/dev/rbd%d", n)
-	_ = os.Remove(dev)
-	if err := syscall.Mknod(dev, syscall.S_IFBLK|0o660, int(loopMajor<<8|n)); err != nil {
-		return fmt.Errorf("mknod %s: %w", dev, err)
+	var loopStat syscall.Stat_t
+	if err := syscall.Stat(mp.Loop, &loopStat); err != nil {
+		return fmt.Errorf("stat %s: %w", mp.Loop, err)
+	}
+	// The loop device's own device number, whatever its minor numbering.
+	if err := syscall.Mknod(dev, syscall.S_IFBLK|0o660, int(loopStat.Rdev)); err != nil {
+		return fmt.Errorf("mknod %s (is a device of that name left over?): %w", dev, err)
 	}
 	data, _ := json.Marshal(mp)
 	return os.WriteFile(filepath.Join(state, fmt.Sprintf("rbd%d.json", n)), data, 0o644)
@@ -310,6 +330,13 @@ func unmap(state, target string) error {
 		if target != "/dev/rbd"+n && target != mp.Pool+"/"+mp.Image {
 			continue
 		}
+		// krbd refuses to unmap a device that is open (mounted); losetup -d
+		// would only mark it to go at the last close.
+		f, err := os.OpenFile(mp.Loop, os.O_RDONLY|syscall.O_EXCL, 0)
+		if err != nil {
+			return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy (%v)", err)
+		}
+		f.Close()
 		if out, err := exec.Command("losetup", "-d", mp.Loop).CombinedOutput(); err != nil {
 			return fmt.Errorf("rbd: sysfs write failed\nlosetup -d %s: %v: %s", mp.Loop, err, bytes.TrimSpace(out))
 		}

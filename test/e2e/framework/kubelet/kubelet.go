@@ -101,6 +101,13 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 	if err := os.Symlink(o.RbdShim, filepath.Join(n.bin(), "rbd")); err != nil {
 		return nil, err
 	}
+	// No kernel modules and no rbd-nbd fallback on a test node, even on a
+	// host that has them: every mapping goes through the shim.
+	for _, stub := range []string{"modprobe", "rbd-nbd"} {
+		if err := os.WriteFile(filepath.Join(n.bin(), stub), []byte("#!/bin/sh\necho \"$0: not on a test node\" >&2\nexit 1\n"), 0o755); err != nil {
+			return nil, err
+		}
+	}
 	var err error
 	// Every process of the node runs in the node's directory: nothing it
 	// does with a relative path lands in the harness's package directory.
@@ -145,10 +152,19 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 	}
 	// A mount namespace of its own with a tmpfs at /sys/bus, where the
 	// shim makes the node's /sys/bus/rbd/devices entries.
-	script := `mount --make-rprivate / && mount -t tmpfs tmpfs /sys/bus && mkdir -p /sys/bus/rbd/devices && exec "$0" "$@"`
+	// Paths the kubelet hard-codes get a directory per node: its device
+	// plugin socket and the pods' logs.
+	script := `set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs /sys/bus && mkdir -p /sys/bus/rbd/devices
+for d in /var/lib/kubelet/device-plugins /var/log/pods /var/log/containers; do
+  mkdir -p "$d" "$NODE_DIR/host$d" && mount --bind "$NODE_DIR/host$d" "$d"
+done
+exec "$0" "$@"`
 	env := append([]string{
 		"PATH=" + n.bin() + ":" + os.Getenv("PATH"),
 		"RBD_SHIM_STATE=" + n.state(),
+		"NODE_DIR=" + n.dir,
 	}, n.opts.Env...)
 	n.Kubelet, err = process.StartIn(n.dir, "kubelet-"+n.Name, n.opts.LogDir, env, "unshare", "--mount", "--", "sh", "-c", script,
 		n.opts.Kubelet, "--config="+cfg, "--kubeconfig="+n.opts.Kubeconfig, "--hostname-override="+n.Name,
@@ -158,7 +174,7 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz)
 	return n.Kubelet.WaitFor(time.Minute, func() error {
-		out, err := exec.CommandContext(ctx, "curl", "-sf", url).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "curl", "-sf", "--max-time", "2", url).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%s: %w: %s", url, err, out)
 		}
@@ -168,8 +184,7 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 
 // InNode runs argv in the node's mount namespace and returns its output.
 func (n *Node) InNode(ctx context.Context, argv ...string) ([]byte, error) {
-	args := append([]string{"-t", strconv.Itoa(n.Kubelet.Pid()), "-m", "--"}, argv...)
-	return exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+	return InClientNS(ctx, n.Kubelet.Pid(), argv...)
 }
 
 // PodVolumeDir is where the kubelet mounts the pod's PersistentVolume.
@@ -193,6 +208,63 @@ func (n *Node) Mounts(ctx context.Context) ([]string, error) {
 	return mounts, nil
 }
 
+// FusePids returns the pids of the rbd-fuse clients behind the node's
+// mappings: the node's Ceph clients.
+func (n *Node) FusePids() []int {
+	var pids []int
+	records, _ := filepath.Glob(filepath.Join(n.state(), "rbd*.json"))
+	for _, rec := range records {
+		var mp struct {
+			FusePid int `json:"fusePid"`
+		}
+		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.FusePid > 0 {
+			pids = append(pids, mp.FusePid)
+		}
+	}
+	return pids
+}
+
+// PowerOff stops the node as a power cut would, as far as Ceph can tell:
+// its Ceph clients are frozen (SIGSTOP: their connections stay open and
+// say nothing, their watches expire) and its kubelet and runtime are
+// killed. The clients stay frozen until Thaw.
+func (n *Node) PowerOff() {
+	for _, pid := range n.FusePids() {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
+	n.Kubelet.Kill()
+	n.cri.Kill()
+}
+
+// Thaw lets the frozen Ceph clients of a node that was powered off run
+// again: a node that wakes up after its replacement took over.
+func (n *Node) Thaw() {
+	for _, pid := range n.FusePids() {
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}
+}
+
+// InClientNS runs argv in the mount namespace of the node's Ceph client pid
+// (still there after the kubelet is gone).
+func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
+	args := append([]string{"-t", strconv.Itoa(pid), "-m", "--"}, argv...)
+	cmd := exec.CommandContext(ctx, "nsenter", args...)
+	// A child stuck in the kernel (I/O to a fenced client) may keep the
+	// output open after the command is killed.
+	cmd.WaitDelay = 5 * time.Second
+	return cmd.CombinedOutput()
+}
+
+// Devices returns the /dev/rbdN nodes the node's mappings made.
+func (n *Node) Devices() []string {
+	var devs []string
+	records, _ := filepath.Glob(filepath.Join(n.state(), "rbd*.json"))
+	for _, rec := range records {
+		devs = append(devs, "/dev/"+strings.TrimSuffix(filepath.Base(rec), ".json"))
+	}
+	return devs
+}
+
 // Stop stops the kubelet and the runtime, unmounts what the kubelet left
 // under its root (its mount namespace goes with it) and frees the node's
 // devices.
@@ -209,10 +281,12 @@ func (n *Node) Stop() {
 // cleaned this way when the next run starts.
 func Cleanup(dir string) {
 	records, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "rbd*.json"))
-	for _, rec := range records {
-		n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json")
-		_ = exec.Command("losetup", "-d", "/dev/loop"+n).Run()
-		_ = os.Remove("/dev/rbd" + n)
+	pending, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "pending-*.json"))
+	for _, rec := range append(records, pending...) {
+		if n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json"); !strings.HasPrefix(n, "pending") {
+			_ = exec.Command("losetup", "-d", "/dev/loop"+n).Run()
+			_ = os.Remove("/dev/rbd" + n)
+		}
 		var mp struct {
 			FusePid int `json:"fusePid"`
 		}
