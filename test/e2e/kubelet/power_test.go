@@ -19,6 +19,7 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -103,7 +104,8 @@ func TestPowerOffFailsOverWithTheData(t *testing.T) {
 	}
 	watchers, err := env.cluster.Watchers(ctx, "power")
 	if err != nil || len(watchers) != 1 {
-		t.Fatalf("watchers before the power-off: %v (%v), want power-a's", watchers, err)
+		ps, _ := exec.Command("ps", "-eo", "pid,stat,lstart,args").CombinedOutput()
+		t.Fatalf("watchers before the power-off: %v (%v), want power-a's; Ceph clients %v; processes:\n%s", watchers, err, clients, ps)
 	}
 	holderA := watchers[0]
 

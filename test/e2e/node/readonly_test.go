@@ -69,14 +69,16 @@ func dirtyExt4(t *testing.T, dir string) string {
 	if err := os.WriteFile(filepath.Join(mnt, "before"), []byte("written before the snapshot"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// A freeze writes the journal back into the filesystem.
-	sh(t, "sync")
+	// A freeze writes the journal back into the filesystem. Every sync here
+	// is of this filesystem alone (syncfs): a global sync would wait for any
+	// other filesystem on the machine, a fenced one of another suite too.
+	sh(t, "sync", "-f", mnt)
 	sh(t, "fsfreeze", "-f", mnt)
 	sh(t, "fsfreeze", "-u", mnt)
 	if err := os.WriteFile(filepath.Join(mnt, "after"), []byte("written in the last transaction"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, "sync")
+	sh(t, "sync", "-f", mnt)
 	snapshot := filepath.Join(dir, "snapshot.img")
 	sh(t, "cp", "--sparse=always", img, snapshot)
 	sh(t, "umount", mnt)

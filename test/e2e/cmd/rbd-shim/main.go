@@ -53,11 +53,15 @@ const (
 
 // mapping is what one map made.
 type mapping struct {
-	Pool     string `json:"pool"`
-	Image    string `json:"image"`
-	Loop     string `json:"loop"`
-	Mount    string `json:"mount"`
-	FusePid  int    `json:"fusePid"`
+	Pool    string `json:"pool"`
+	Image   string `json:"image"`
+	Loop    string `json:"loop"`
+	Mount   string `json:"mount"`
+	FusePid int    `json:"fusePid"`
+	// FuseConn names the FUSE connection (/sys/fs/fuse/connections/N): a
+	// teardown aborts it before it kills rbd-fuse, or I/O of a fenced or
+	// frozen client would hang in the kernel for good.
+	FuseConn uint32 `json:"fuseConn"`
 	Client   uint64 `json:"client"`
 	ReadOnly bool   `json:"readOnly"`
 }
@@ -209,6 +213,13 @@ func mapImage(state string, args []string) (string, error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Read from the mount table: a stat of the mount would be a FUSE
+	// request, which rbd-fuse does not always survive this early.
+	fuseConn, err := fuseConnection(mnt)
+	if err != nil {
+		undo()
+		return "", err
+	}
 	losetup := []string{"-f", "--show"}
 	if m.readOnly {
 		losetup = append(losetup, "-r")
@@ -231,7 +242,8 @@ func mapImage(state string, args []string) (string, error) {
 		undo()
 		return "", fmt.Errorf("rbd-fuse's watch on %s/%s did not show in rbd status", m.pool, m.image)
 	}
-	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, Client: client, ReadOnly: m.readOnly}
+	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, FuseConn: fuseConn,
+		Client: client, ReadOnly: m.readOnly}
 	if err := publish(state, n, mp, m); err != nil {
 		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
@@ -363,4 +375,30 @@ func running(pid int) bool {
 	}
 	i := bytes.LastIndexByte(stat, ')')
 	return i >= 0 && !bytes.HasPrefix(stat[i+1:], []byte(" Z"))
+}
+
+// fuseConnection returns the number of the FUSE connection mounted at mnt
+// (/sys/fs/fuse/connections/N): the minor of the mount's device.
+func fuseConnection(mnt string) (uint32, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// "36 35 0:41 / /mnt/point rw,... - fuse rbd-fuse rw,..."
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != mnt {
+			continue
+		}
+		_, minor, ok := strings.Cut(f[2], ":")
+		if !ok {
+			break
+		}
+		n, err := strconv.ParseUint(minor, 10, 32)
+		if err != nil {
+			break
+		}
+		return uint32(n), nil
+	}
+	return 0, fmt.Errorf("no FUSE mount at %s in /proc/self/mountinfo", mnt)
 }

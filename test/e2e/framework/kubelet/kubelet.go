@@ -283,20 +283,37 @@ func Cleanup(dir string) {
 	records, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "rbd*.json"))
 	pending, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "pending-*.json"))
 	for _, rec := range append(records, pending...) {
-		if n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json"); !strings.HasPrefix(n, "pending") {
-			_ = exec.Command("losetup", "-d", "/dev/loop"+n).Run()
-			_ = os.Remove("/dev/rbd" + n)
-		}
 		var mp struct {
-			FusePid int `json:"fusePid"`
+			FusePid  int    `json:"fusePid"`
+			FuseConn uint32 `json:"fuseConn"`
 		}
-		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.FusePid > 0 {
+		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil {
+			// First the connection, so that nothing waits on the client
+			// any more; then the client; then the loop device over it.
+			if mp.FuseConn > 0 {
+				abortFuse(mp.FuseConn)
+			}
 			// Only if the pid still runs rbd-fuse: it may have been reused.
-			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", mp.FusePid)); err == nil &&
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", mp.FusePid)); mp.FusePid > 0 && err == nil &&
 				strings.HasPrefix(string(cmdline), "rbd-fuse\x00") {
 				_ = syscall.Kill(mp.FusePid, syscall.SIGKILL)
 			}
 		}
+		if n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json"); !strings.HasPrefix(n, "pending") {
+			_ = exec.Command("losetup", "-d", "/dev/loop"+n).Run()
+			_ = os.Remove("/dev/rbd" + n)
+		}
 		_ = os.Remove(rec)
 	}
+}
+
+// abortFuse aborts a FUSE connection: every request waiting on it fails.
+// A frozen or fenced rbd-fuse otherwise keeps the loop device's writeback,
+// and anything that syncs, in the kernel for good, even after it is killed.
+func abortFuse(conn uint32) {
+	const fusectl = "/sys/fs/fuse/connections"
+	if entries, err := os.ReadDir(fusectl); err == nil && len(entries) == 0 {
+		_ = exec.Command("mount", "-t", "fusectl", "fusectl", fusectl).Run()
+	}
+	_ = os.WriteFile(filepath.Join(fusectl, strconv.FormatUint(uint64(conn), 10), "abort"), []byte("1"), 0o200)
 }
