@@ -25,6 +25,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -153,7 +154,19 @@ func setUp(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	report("# Real kubelets (real Ceph %s, kubelet %s, patched kube-controller-manager)\n\n",
+		ceph.Version(), kubeletVersion())
+	report("- osd_client_watch_timeout %v; node-monitor-grace-period %v\n", watchTimeout, controlplane.NodeMonitorGracePeriod)
 	return m.Run()
+}
+
+// kubeletVersion is what the kubelet binary says it is.
+func kubeletVersion() string {
+	out, err := exec.Command(os.Getenv("E2E_KUBELET_PATCHED"), "--version").Output()
+	if err != nil {
+		return "(unknown)"
+	}
+	return strings.TrimPrefix(strings.TrimSpace(string(out)), "Kubernetes ")
 }
 
 // report prints a line for the e2e report and appends it to
