@@ -47,6 +47,9 @@ const (
 	podDeletedLater
 	// podInGrace: being deleted, its grace period not over yet.
 	podInGrace
+	// podGraceEndsSoon: being deleted, its grace period over a moment after
+	// the new pod is scheduled (after upstream's Multi-Attach error).
+	podGraceEndsSoon
 )
 
 // TestFencedFailover pins the controller-side rules of docs/design.md: a
@@ -101,6 +104,9 @@ func TestFencedFailover(t *testing.T) {
 		{name: "target with a stock kubelet gets Multi-Attach", spec: func() *volume.Spec { return rbdPV(rwo...) },
 			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}}, target: stockKubelet,
 			refused: "the kubelet of node node-b (\"v1.30.14\") does not fence"},
+		{name: "target with a stock kubelet gets the refusal once the holder's pod is past its grace period", spec: func() *volume.Spec { return rbdPV(rwo...) },
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podGraceEndsSoon}}, target: stockKubelet,
+			refused: "the kubelet of node node-b (\"v1.30.14\") does not fence"},
 		// Upstream allows multi-attach of every inline volume but Azure Disk
 		// and Cinder (util.IsMultiAttachAllowed): an inline RBD volume is
 		// attached at once, without a failover.
@@ -140,6 +146,8 @@ func TestFencedFailover(t *testing.T) {
 					old = deleting(old, 0)
 				case podInGrace:
 					old = deleting(old, time.Minute)
+				case podGraceEndsSoon:
+					old = deleting(old, 2*settle)
 				}
 				name = w.schedule(old, spec, n)
 				w.attached(name, spec, n)
@@ -183,8 +191,18 @@ func TestFencedFailover(t *testing.T) {
 			if hasEvent(events, "Warning FencedFailover ") {
 				t.Errorf("a FencedFailover event without a failover: %q", events)
 			}
-			if row.refused != "" && fencedFailoverKnown() && !hasEvent(events, "FencedFailoverRefused", row.refused) {
-				t.Errorf("no FencedFailoverRefused event saying %q; events: %q", row.refused, events)
+			if row.refused != "" && fencedFailoverKnown() {
+				if !w.waitFor("the refusal", func() bool { return hasEvent(w.events(), "FencedFailoverRefused", row.refused) }) {
+					t.Fatalf("no FencedFailoverRefused event saying %q; events: %q", row.refused, w.events())
+				}
+				time.Sleep(settle)
+				events = w.events()
+				if n := countEvents(events, "Warning FencedFailoverRefused ", row.refused); n != 1 {
+					t.Errorf("%d FencedFailoverRefused events, want exactly 1; events: %q", n, events)
+				}
+				if contains(w.nodesOf(name), "node-b") {
+					t.Errorf("attached to node-b, whose kubelet does not fence")
+				}
 			}
 		})
 	}
