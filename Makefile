@@ -10,7 +10,10 @@
 #   make test-stock       the A/B record: specs against stock Kubernetes
 #   make bench            reconcile-pass benchmark, stock vs patched (benchstat)
 #   make e2e              end-to-end suites against a real Ceph cluster
-#                         (WATCH_TIMEOUT=30 for Ceph's default watch timeout)
+#                         (WATCH_TIMEOUT=30 for Ceph's default watch timeout;
+#                         NODE_MONITOR_GRACE_PERIOD=40 TOLERATION_SECONDS=upstream
+#                         for upstream's timings; E2E_PACKAGES=./test/e2e/kubelet
+#                         for one suite, E2E_RUN=TestPowerOff for some tests)
 #   make stock            stock binaries into _output/stock/bin
 #   make kube-tree        materialise _output/kubernetes (upstream + series)
 #   make update-patches   export the tree's commits to patches/$(LINE)
@@ -23,7 +26,11 @@ SHELL := /usr/bin/env bash
 LINE ?=
 RACE ?=
 WATCH_TIMEOUT ?=
-export LINE RACE WATCH_TIMEOUT
+NODE_MONITOR_GRACE_PERIOD ?=
+TOLERATION_SECONDS ?=
+E2E_PACKAGES ?=
+E2E_RUN ?=
+export LINE RACE WATCH_TIMEOUT NODE_MONITOR_GRACE_PERIOD TOLERATION_SECONDS E2E_PACKAGES E2E_RUN
 
 .PHONY: all build stock kube-tree update-patches verify test test-all-lines test-stock e2e dist deps clean bench
 

@@ -17,6 +17,8 @@ readonly PACKAGES=(
   # (losetup is in Debian's mount package); the harness asks the kubelet's
   # health endpoint with curl
   rbd-fuse curl mount
+  # test/e2e/kubelet: a network namespace per node (ip netns, veth, rules)
+  iproute2
   # test/e2e/node: a dirty ext4 on a read-only loop device
   e2fsprogs util-linux
 )

@@ -12,8 +12,11 @@
 # patched tree, kube-controller-manager from the stock and the patched tree,
 # etcd at the version the tree pins, and the node agent of each build.
 # WATCH_TIMEOUT sets the OSDs' osd_client_watch_timeout in seconds (default
-# 10; Ceph's default is 30). Logs go to _output/e2e/<run>/ and are kept when a
-# suite fails; the report is _output/e2e/report.md.
+# 10; Ceph's default is 30). E2E_PACKAGES limits the run to some suites (say
+# ./test/e2e/kubelet; then the stock-plugin run is left out), E2E_RUN to some
+# tests (go test -run). Logs go to _output/e2e/<run>/ and are kept when a
+# suite fails; the report is _output/e2e/report.md, with the real-kubelet
+# suite's timeline pictures (timeline-*.svg) beside it.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -35,7 +38,7 @@ mkdir -p "${E2E_DIR}"
 rbdf::log::info "building the control plane for the e2e"
 rbdf::build::binaries "${RBDF_TREE}" "${RBDF_VERSION}" "${RBDF_LINE_OUTPUT}/bin" kube-apiserver kube-controller-manager kubelet
 rbdf::tree::stock
-rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager
+rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager kubelet
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd
 # The simulated nodes of each build run that build's RBD plugin.
@@ -47,6 +50,7 @@ rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/fake
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-shim" ./test/e2e/cmd/rbd-shim
 export E2E_ETCD="${e2e_bin}/etcd"
 export E2E_KUBELET_PATCHED="${RBDF_LINE_OUTPUT}/bin/kubelet"
+export E2E_KUBELET_STOCK="${RBDF_LINE_OUTPUT}/stock/bin/kubelet"
 export E2E_FAKE_CRI="${e2e_bin}/fake-cri"
 export E2E_RBD_SHIM="${e2e_bin}/rbd-shim"
 export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
@@ -59,8 +63,9 @@ export E2E_KUBELET_VERSION_STOCK="${RBDF_KUBE_VERSION}"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 e2e() {
+  # shellcheck disable=SC2086 # a list of packages
   rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
-    ./test/e2e/... 2>&1
+    ${E2E_RUN:+-run "${E2E_RUN}"} ${E2E_PACKAGES:-./test/e2e/...} 2>&1
 }
 
 # The frozen-holder test once more with the plugin of the stock tree: the
@@ -73,14 +78,23 @@ e2e_stock_plugin() {
 
 start="$(date +%s)"
 rbdf::test::gojson "e2e (${RBDF_LINE}, Ceph + control plane)" "${E2E_DIR}/failed" e2e
-rbdf::test::gojson "e2e (${RBDF_LINE}, node side, stock plugin)" "${E2E_DIR}/failed-stock" e2e_stock_plugin
-cat "${E2E_DIR}/failed-stock" >> "${E2E_DIR}/failed"
+if [[ -z "${E2E_PACKAGES:-}" ]]; then
+  rbdf::test::gojson "e2e (${RBDF_LINE}, node side, stock plugin)" "${E2E_DIR}/failed-stock" e2e_stock_plugin
+  cat "${E2E_DIR}/failed-stock" >> "${E2E_DIR}/failed"
+fi
 for report in "${E2E_DIR}"/*-report.md; do
   if [[ -f "${report}" ]]; then
     cat "${report}"
     echo
   fi
 done > "${RBDF_OUTPUT}/e2e/report.md"
+# The real-kubelet suite's timeline pictures go beside the report.
+rm -f "${RBDF_OUTPUT}"/e2e/timeline-*.svg
+for svg in "${E2E_DIR}"/timeline-*.svg; do
+  if [[ -f "${svg}" ]]; then
+    cp "${svg}" "${RBDF_OUTPUT}/e2e/"
+  fi
+done
 echo "- make e2e wall time: $(($(date +%s) - start)) s" >> "${RBDF_OUTPUT}/e2e/report.md"
 echo
 echo "=== e2e report (${RBDF_OUTPUT}/e2e/report.md)"

@@ -266,7 +266,10 @@ func testFrozenNode(ctx context.Context, t *testing.T, s *scenario) {
 	s.waitFor("node-a's application trying to write after it woke up", reactDeadline, func() bool {
 		return len(s.appWritesSince(old, woke)) > 0
 	})
-	time.Sleep(3 * time.Second)
+	// Node-a stays up for two watch timeouts, so that the monitor sees its
+	// client if it comes back beside node-b's (a re-registered watch); stock
+	// may stop at the first double mapping it shows.
+	s.mon.watchUntil(woke.Add(2*env.watchTimeout), s.build == "stock")
 	after := s.appWritesSince(old, woke)
 	// Acknowledged is what librbd told node-a's application; landed is what
 	// is on the image: the slots of every write issued since it woke up

@@ -142,6 +142,20 @@ func (m *monitor) end(expectDoubles bool) {
 	}
 }
 
+// watchUntil waits while the monitor samples, until deadline or, with
+// untilDouble, until it has seen a double mapping.
+func (m *monitor) watchUntil(deadline time.Time, untilDouble bool) {
+	for time.Now().Before(deadline) {
+		m.mu.Lock()
+		doubles := m.doubles
+		m.mu.Unlock()
+		if untilDouble && doubles > 0 {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 // ignore leaves the harness's own client out of the verdict.
 func (m *monitor) ignore(client uint64) {
 	m.mu.Lock()

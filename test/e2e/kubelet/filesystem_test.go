@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/controlplane"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 )
 
@@ -43,6 +45,13 @@ const (
 	podGoneTimeout    = 3 * time.Minute
 	pollInterval      = 200 * time.Millisecond
 )
+
+// failoverTimeout bounds power-off → replacement Running: the node monitor
+// grace period, the eviction, the pod's grace period, the watch timeout and
+// the kubelet's own retries (its backoff after a gate timeout reaches 2 min).
+func failoverTimeout() time.Duration {
+	return controlplane.NodeMonitorGracePeriod + evictionDelay() + 2*env.watchTimeout + 4*time.Minute
+}
 
 // poll waits for cond and fails the test with what after timeout.
 func poll(ctx context.Context, t *testing.T, what string, timeout time.Duration, cond func(context.Context) (bool, error)) time.Time {
@@ -109,6 +118,35 @@ func createVolume(ctx context.Context, t *testing.T, image string, mode v1.Persi
 // podOption changes a pod before it is created.
 type podOption func(*v1.Pod)
 
+// evictionToleration is how long the scenarios' pods stay on a node that
+// is unreachable or not ready: 0 s (evicted at once), TOLERATION_SECONDS,
+// or with TOLERATION_SECONDS=upstream what upstream's admission gives a pod
+// that sets none (300 s).
+func evictionToleration() podOption {
+	switch v := os.Getenv("TOLERATION_SECONDS"); v {
+	case "":
+		return tolerateUnreachable(0)
+	case "upstream":
+		return func(*v1.Pod) {}
+	default:
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			panic(fmt.Sprintf("TOLERATION_SECONDS=%q: want seconds or \"upstream\"", v))
+		}
+		return tolerateUnreachable(time.Duration(n) * time.Second)
+	}
+}
+
+// evictionDelay is evictionToleration's delay.
+func evictionDelay() time.Duration {
+	p := &v1.Pod{}
+	evictionToleration()(p)
+	if len(p.Spec.Tolerations) == 0 {
+		return 300 * time.Second
+	}
+	return time.Duration(*p.Spec.Tolerations[0].TolerationSeconds) * time.Second
+}
+
 // tolerateUnreachable sets how long the pod stays on a node that is
 // unreachable or not ready (upstream's admission default: 300 s).
 func tolerateUnreachable(d time.Duration) podOption {
@@ -147,13 +185,27 @@ func createPod(ctx context.Context, t *testing.T, name, claim string, node *kube
 	return pod
 }
 
-func startNode(ctx context.Context, t *testing.T, name string) *kubelet.Node {
+// startNode starts a node that runs build's kubelet.
+func startNode(ctx context.Context, t *testing.T, name, build string) *kubelet.Node {
 	t.Helper()
-	n, err := kubelet.Start(ctx, name, env.nodes)
+	opts := env.nodes
+	opts.Kubelet = os.Getenv("E2E_KUBELET_" + strings.ToUpper(build))
+	n, err := kubelet.Start(ctx, name, opts)
 	if err != nil {
 		t.Fatalf("start node %s: %v", name, err)
 	}
-	t.Cleanup(n.Stop)
+	t.Cleanup(func() {
+		n.Stop()
+		// A dead node left in the API counts against its zone: with most
+		// nodes NotReady the node lifecycle controller stops evicting
+		// (partial disruption of a small cluster), and later scenarios
+		// would wait for evictions that never come.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := env.cp.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("delete node %s: %v", name, err)
+		}
+	})
 	poll(ctx, t, "node "+name+" Ready", nodeReadyTimeout, func(ctx context.Context) (bool, error) {
 		node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -206,7 +258,8 @@ cat "$mnt/$5"`
 func TestPodGetsARealFilesystemOnTheImage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	nodeA := startNode(ctx, t, "node-a")
+	useControllerManager(ctx, t, patched)
+	nodeA := startNode(ctx, t, "node-a", patched)
 	claim := createVolume(ctx, t, "realfs", v1.ReadWriteOnce)
 	start := time.Now()
 	pod := createPod(ctx, t, "user-1", claim, nodeA)

@@ -36,7 +36,9 @@ import (
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/controlplane"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/freezer"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/netns"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
@@ -51,10 +53,14 @@ var env struct {
 	cp      *controlplane.ControlPlane
 	kcm     *controlplane.ControllerManager
 	nodes   kubelet.Options
+	hub     *netns.Hub
+	// watchTimeout is the OSDs' osd_client_watch_timeout.
+	watchTimeout time.Duration
 }
 
 // binaryVars name the binaries, from the environment hack/test-e2e.sh sets.
-var binaryVars = []string{"E2E_ETCD", "E2E_KUBE_APISERVER", "E2E_KCM_PATCHED", "E2E_KUBELET_PATCHED", "E2E_FAKE_CRI", "E2E_RBD_SHIM"}
+var binaryVars = []string{"E2E_ETCD", "E2E_KUBE_APISERVER", "E2E_KCM_PATCHED", "E2E_KCM_STOCK", "E2E_KUBELET_PATCHED",
+	"E2E_KUBELET_STOCK", "E2E_FAKE_CRI", "E2E_RBD_SHIM"}
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -76,15 +82,29 @@ func run(m *testing.M) int {
 			return 2
 		}
 	}
-	// Kills what an aborted earlier run left running, and frees its devices.
+	hub := netns.Joined()
+	if hub == nil {
+		// Every earlier run's nodes (each run has a directory of its own):
+		// their devices, FUSE connections and Ceph clients first, then
+		// their cgroups; RunInHub removes their namespaces, makes the hub
+		// and runs the suite again inside it.
+		leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "*", "kubelet", "nodes", "*"))
+		for _, d := range leftovers {
+			kubelet.Cleanup(d)
+		}
+		freezer.RemoveLeftovers()
+		code, err := netns.RunInHub("kubelet")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return code
+	}
+	env.hub = hub
+	// Kills what an aborted earlier run left running.
 	if err := process.SetRegistry(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "kubelet-running.pids")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
-	}
-	// Every earlier run's nodes: each run has a directory of its own.
-	leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "*", "kubelet", "nodes", "*"))
-	for _, d := range leftovers {
-		kubelet.Cleanup(d)
 	}
 	_ = os.RemoveAll(env.dir)
 	// The daemons inherit the working directory: the suite's, not the
@@ -112,14 +132,16 @@ func setUp(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	env.cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(env.dir, "ceph"), WatchTimeout: watchTimeout})
+	env.watchTimeout = watchTimeout
+	env.cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(env.dir, "ceph"), WatchTimeout: watchTimeout,
+		Address: env.hub.CephIP.String()})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n", err)
 		return 1
 	}
 	defer env.cluster.Stop()
-	env.cp, err = controlplane.Start(ctx, filepath.Join(env.dir, "controlplane"), controlplane.Binaries{
-		Etcd: os.Getenv("E2E_ETCD"), APIServer: os.Getenv("E2E_KUBE_APISERVER")})
+	env.cp, err = controlplane.StartAt(ctx, filepath.Join(env.dir, "controlplane"), controlplane.Binaries{
+		Etcd: os.Getenv("E2E_ETCD"), APIServer: os.Getenv("E2E_KUBE_APISERVER")}, env.hub.APIServerIP.String())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting the control plane: %v\n", err)
 		return 1
@@ -130,7 +152,12 @@ func setUp(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "starting kube-controller-manager: %v\n", err)
 		return 1
 	}
-	defer env.kcm.Stop()
+	// Scenarios switch builds (useControllerManager): stop whichever runs.
+	defer func() {
+		if env.kcm != nil {
+			env.kcm.Stop()
+		}
+	}()
 	emptyConf := filepath.Join(env.dir, "empty-ceph.conf")
 	if err := os.WriteFile(emptyConf, nil, 0o644); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -139,7 +166,7 @@ func setUp(m *testing.M) int {
 	env.nodes = kubelet.Options{Kubelet: os.Getenv("E2E_KUBELET_PATCHED"), FakeCRI: os.Getenv("E2E_FAKE_CRI"),
 		RbdShim: os.Getenv("E2E_RBD_SHIM"), Kubeconfig: env.cp.Kubeconfig,
 		Dir: filepath.Join(env.dir, "nodes"), LogDir: filepath.Join(env.dir, "log"),
-		Env: []string{"CEPH_CONF=" + emptyConf}}
+		Env: []string{"CEPH_CONF=" + emptyConf}, Hub: env.hub, NodeMonitorGracePeriod: controlplane.NodeMonitorGracePeriod}
 	client := env.cp.Client
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}},
 		metav1.CreateOptions{}); err != nil {
@@ -154,15 +181,16 @@ func setUp(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	report("# Real kubelets (real Ceph %s, kubelet %s, patched kube-controller-manager)\n\n",
-		ceph.Version(), kubeletVersion())
-	report("- osd_client_watch_timeout %v; node-monitor-grace-period %v\n", watchTimeout, controlplane.NodeMonitorGracePeriod)
+	report("# Real kubelets (real Ceph %s; kubelet and kube-controller-manager: patched %s, stock %s)\n\n",
+		ceph.Version(), kubeletVersion("E2E_KUBELET_PATCHED"), kubeletVersion("E2E_KUBELET_STOCK"))
+	report("- osd_client_watch_timeout %v; node-monitor-grace-period %v; the pods' unreachable toleration %v\n", watchTimeout,
+		controlplane.NodeMonitorGracePeriod, evictionDelay())
 	return m.Run()
 }
 
-// kubeletVersion is what the kubelet binary says it is.
-func kubeletVersion() string {
-	out, err := exec.Command(os.Getenv("E2E_KUBELET_PATCHED"), "--version").Output()
+// kubeletVersion is what the kubelet binary named by the variable says it is.
+func kubeletVersion(variable string) string {
+	out, err := exec.Command(os.Getenv(variable), "--version").Output()
 	if err != nil {
 		return "(unknown)"
 	}

@@ -148,6 +148,10 @@ func TestFrozenHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	expiry, _, err := cluster.BlocklistExpiry(ctx, devA.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// Node-a wakes up and writes.
 	if err := devA.Thaw(); err != nil {
@@ -175,6 +179,11 @@ func TestFrozenHolder(t *testing.T) {
 		} else if !fenceAt.Before(mapAt) {
 			t.Errorf("node-b blocklisted node-a at %v, after its map at %v", fenceAt, mapAt)
 		}
+		// The plugin asks for 30 days (rbdFenceBlocklistExpiry), not the
+		// monitors' one-hour default: a node cut off for longer stays fenced.
+		if left := time.Until(expiry); left < 29*24*time.Hour || left > 31*24*time.Hour {
+			t.Errorf("node-a's blocklist entry expires at %v (in %v), want in about 30 days", expiry, left.Round(time.Hour))
+		}
 		// What counts is the image: librbd may acknowledge a fenced
 		// client's write that never reaches the OSDs.
 		if !strings.HasPrefix(got, "B1") {
@@ -187,9 +196,9 @@ func TestFrozenHolder(t *testing.T) {
 		if _, ok := meta[fmt.Sprintf("kubernetes.io/rbd-fence.holder.client.%d", devB.Client)]; !ok || len(holderKeys(meta)) != 1 {
 			t.Errorf("after the failover the image's holder records are %v, want node-b's (client.%d) alone", holderKeys(meta), devB.Client)
 		}
-		report("- frozen holder, patched plugin: node-a's watch expired %v after the freeze; node-b's attach took %v, blocklisted node-a's client %s %v before its map; node-a woke up: %d of 1 write on the image (librbd said: %v); image reads %q\n",
+		report("- frozen holder, patched plugin: node-a's watch expired %v after the freeze; node-b's attach took %v, blocklisted node-a's client %s %v before its map (the entry expires in %v); node-a woke up: %d of 1 write on the image (librbd said: %v); image reads %q\n",
 			expired.Round(100*time.Millisecond), attachB.Round(10*time.Millisecond), devA.Address,
-			mapAt.Sub(fenceAt).Round(time.Millisecond), landed, staleErr, got)
+			mapAt.Sub(fenceAt).Round(time.Millisecond), time.Until(expiry).Round(time.Hour), landed, staleErr, got)
 	default:
 		if landed == 0 {
 			t.Errorf("the stock plugin's hazard did not show: node-a's write error %v, image reads %q", staleErr, got)
@@ -197,6 +206,46 @@ func TestFrozenHolder(t *testing.T) {
 		report("- frozen holder, stock plugin: node-a's watch expired %v after the freeze; node-b mapped without a fence; node-a woke up: %d of 1 write landed, over node-b's data; image reads %q\n",
 			expired.Round(100*time.Millisecond), landed, got)
 	}
+}
+
+// TestFenceRefusedWithoutTheMonitorCapability: the image records a holder
+// that is gone, and the volume's Ceph user may not blocklist (no
+// mon 'profile rbd'). The real monitors refuse; the attach fails naming the
+// capability and the client it could not fence, and nothing is mapped.
+func TestFenceRefusedWithoutTheMonitorCapability(t *testing.T) {
+	if pluginBuild() != "patched" {
+		t.Skip("the stock plugin does not fence")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vol := newImage(t, "nomon")
+	key, err := cluster.CreateUser(ctx, "nomon", "mon", "allow r", "osd", "profile rbd pool=rbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const gone = "10.201.9.9:0/12345"
+	if err := cluster.SetImageMeta(ctx, vol.Image, "kubernetes.io/rbd-fence.holder.client.999999",
+		`{"address":"`+gone+`","client":999999,"node":"gone-node"}`); err != nil {
+		t.Fatal(err)
+	}
+	vol.User = "nomon"
+	e := rbdplugin.NewMapExec(func(args []string) (*ceph.Holder, error) {
+		return nil, fmt.Errorf("rbd map ran: %q", args)
+	})
+	_, err = rbdplugin.NewAttacher(t, e, key).WaitForAttach(vol.Spec(), "", rbdplugin.Pod(), time.Minute)
+	for _, want := range []string{"cannot fence the previous holder", gone, "client.999999", "gone-node",
+		"the Ceph user client.nomon needs mon 'profile rbd'", "nothing was mapped"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("attach error %v, want it to say %q", err, want)
+		}
+	}
+	if maps := e.Calls("rbd", "map"); len(maps) > 0 {
+		t.Errorf("the image was mapped although its previous holder could not be fenced: %q", maps[0].Args)
+	}
+	if listed, err := cluster.Blocklisted(ctx, gone); err != nil || listed {
+		t.Errorf("blocklisted %s: %v (%v), want the monitors to have refused", gone, listed, err)
+	}
+	report("- fence refused by the monitors (user without mon 'profile rbd'): nothing mapped; %v\n", err)
 }
 
 // waitNoWatchers waits until the image has no watcher left.

@@ -28,6 +28,11 @@ limitations under the License.
 //     (N is the loop device's number, unique on the machine).
 //   - unmap (by device or by pool/image): reverses it.
 //
+// Called as "ceph" it passes everything to the real ceph. Either way it
+// first appends the call (its verbs, no arguments that could hold a key)
+// with the time to $RBD_SHIM_STATE/calls.log: the node's side of the
+// suite's timelines.
+//
 // State lives in $RBD_SHIM_STATE (one directory per node).
 package main
 
@@ -48,6 +53,7 @@ import (
 
 const (
 	realRbd   = "/usr/bin/rbd"
+	realCeph  = "/usr/bin/ceph"
 	sysfsRoot = "/sys/bus/rbd/devices"
 )
 
@@ -69,7 +75,14 @@ type mapping struct {
 func main() {
 	args := os.Args[1:]
 	state := os.Getenv("RBD_SHIM_STATE")
-	if len(args) > 0 && state != "" {
+	tool, real := "rbd", realRbd
+	if filepath.Base(os.Args[0]) == "ceph" {
+		tool, real = "ceph", realCeph
+	}
+	if state != "" {
+		logCall(state, tool, args)
+	}
+	if tool == "rbd" && len(args) > 0 && state != "" {
 		switch args[0] {
 		case "map":
 			dev, err := mapImage(state, args)
@@ -90,16 +103,39 @@ func main() {
 			return
 		}
 	}
-	if err := syscall.Exec(realRbd, append([]string{"rbd"}, args...), os.Environ()); err != nil {
-		fmt.Fprintf(os.Stderr, "rbd-shim: exec %s: %v\n", realRbd, err)
+	if err := syscall.Exec(real, append([]string{tool}, args...), os.Environ()); err != nil {
+		fmt.Fprintf(os.Stderr, "rbd-shim: exec %s: %v\n", real, err)
 		os.Exit(1)
 	}
+}
+
+// callVerbs is how many leading words of a call name it ("rbd image-meta
+// set", "ceph osd blocklist add"); what follows may be a key.
+const callVerbs = 3
+
+// logCall appends "RFC3339Nano tool verbs…" to state/calls.log.
+func logCall(state, tool string, args []string) {
+	words := []string{tool}
+	for _, a := range args {
+		if len(words) > callVerbs || strings.HasPrefix(a, "-") || strings.ContainsAny(a, "/=:") {
+			break
+		}
+		words = append(words, a)
+	}
+	f, err := os.OpenFile(filepath.Join(state, "calls.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(words, " "))
 }
 
 // mapArgs is what the shim needs from a map's argv.
 type mapArgs struct {
 	pool, image, id, mon, keyfile, keyring, options string
-	readOnly                                        bool
+	// key is a key given on argv (--key=…): the stock plugin does that.
+	key      string
+	readOnly bool
 }
 
 func parseMap(args []string) (mapArgs, error) {
@@ -122,6 +158,8 @@ func parseMap(args []string) (mapArgs, error) {
 			m.mon = next()
 		case strings.HasPrefix(a, "--keyfile="):
 			m.keyfile = strings.TrimPrefix(a, "--keyfile=")
+		case strings.HasPrefix(a, "--key="):
+			m.key = strings.TrimPrefix(a, "--key=")
 		case a == "-k" || a == "--keyring":
 			m.keyring = next()
 		case a == "-o" || a == "--options":
@@ -157,6 +195,23 @@ func mapImage(state string, args []string) (string, error) {
 		return "", err
 	}
 	cred := []string{"--id", m.id, "-m", m.mon}
+	if m.key != "" && m.keyfile == "" {
+		// The shim's own calls keep the key off their argv: a file that
+		// lives until rbd-fuse has read it.
+		f, err := os.CreateTemp(state, "key-")
+		if err != nil {
+			return "", err
+		}
+		defer os.Remove(f.Name())
+		_, err = f.WriteString(m.key)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return "", err
+		}
+		m.keyfile = f.Name()
+	}
 	if m.keyfile != "" {
 		cred = append(cred, "--keyfile="+m.keyfile)
 	} else if m.keyring != "" {

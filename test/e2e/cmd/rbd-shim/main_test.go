@@ -17,7 +17,10 @@ limitations under the License.
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -55,5 +58,28 @@ func TestParseMap(t *testing.T) {
 				t.Errorf("parseMap = %+v, want %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestLogCallKeepsOnlyTheVerbs(t *testing.T) {
+	state := t.TempDir()
+	logCall(state, "rbd", []string{"status", "rbd/img", "--format=json", "--key=AQDsecret=="})
+	logCall(state, "ceph", []string{"osd", "blocklist", "add", "10.0.0.5:0/1234", "2592000"})
+	logCall(state, "rbd", []string{"image-meta", "set", "img", "kubernetes.io/rbd-fence.holder.client.1", "{}"})
+	data, err := os.ReadFile(filepath.Join(state, "calls.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		_, call, _ := strings.Cut(line, " ")
+		got = append(got, call)
+	}
+	want := []string{"rbd status", "ceph osd blocklist add", "rbd image-meta set img"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("calls %q, want %q", got, want)
+	}
+	if strings.Contains(string(data), "AQDsecret") {
+		t.Errorf("the key is in the call log:\n%s", data)
 	}
 }

@@ -14,7 +14,7 @@ See the License for the specific language governing permissions and
 limitations under the License.
 */
 
-// Package ceph runs a throwaway single-node Ceph cluster on 127.0.0.1 for
+// Package ceph runs a throwaway single-node Ceph cluster on one address for
 // end-to-end tests: one monitor, one OSD on memstore, cephx, one pool and a
 // client user with the rbd profile. It uses Debian's ceph-mon, ceph-osd and
 // ceph-common packages (installed by hack/install-deps.sh) and needs no
@@ -26,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +48,8 @@ type Options struct {
 	Pool string
 	// User is the cephx user (without "client.") the tests map images as.
 	User string
+	// Address is where the daemons listen; "" is 127.0.0.1.
+	Address string
 }
 
 // Cluster is a running cluster.
@@ -96,7 +99,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.Monitor = fmt.Sprintf("127.0.0.1:%d", port)
+	if opts.Address == "" {
+		opts.Address = "127.0.0.1"
+	}
+	c.opts.Address = opts.Address
+	c.Monitor = net.JoinHostPort(opts.Address, strconv.Itoa(port))
 	fsid, err := os.ReadFile("/proc/sys/kernel/random/uuid")
 	if err != nil {
 		return nil, err
@@ -179,6 +186,7 @@ func (c *Cluster) config(fsid string) string {
 	return fmt.Sprintf(`[global]
 fsid = %[1]s
 mon host = [v2:%[2]s]
+public addr = %[5]s
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx
@@ -207,7 +215,7 @@ keyring = %[3]s/osd/keyring
 admin socket =
 log file = %[3]s/log/client.log
 objecter tick interval = 1
-`, fsid, c.Monitor, d, watch)
+`, fsid, c.Monitor, d, watch, c.opts.Address)
 }
 
 // clientConfig is for librbd clients that stand in for node mappings: a
@@ -341,6 +349,50 @@ func (c *Cluster) Blocklisted(ctx context.Context, addr string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// BlocklistExpiry returns when addr's blocklist entry expires (false if it
+// has none), from "ceph osd blocklist ls".
+func (c *Cluster) BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error) {
+	out, err := c.run(ctx, 15*time.Second, "ceph", "osd", "blocklist", "ls", "--format=json")
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	var entries []struct {
+		Addr  string `json:"addr"`
+		Until string `json:"until"`
+	}
+	if err := json.Unmarshal(out, &entries); err != nil {
+		return time.Time{}, false, fmt.Errorf("cannot read ceph osd blocklist ls %q: %w", out, err)
+	}
+	for _, e := range entries {
+		if e.Addr != addr {
+			continue
+		}
+		// Ceph writes utime_t as 2026-12-02T18:00:00.123456+0000.
+		until, err := time.Parse("2006-01-02T15:04:05.999999-0700", e.Until)
+		if err != nil {
+			return time.Time{}, true, fmt.Errorf("blocklist entry of %s: expiry %q: %w", addr, e.Until, err)
+		}
+		return until, true, nil
+	}
+	return time.Time{}, false, nil
+}
+
+// CreateUser makes the cephx user client.name with caps (pairs of service
+// and capability) and returns its key.
+func (c *Cluster) CreateUser(ctx context.Context, name string, caps ...string) (string, error) {
+	out, err := c.run(ctx, 30*time.Second, append([]string{"ceph", "auth", "get-or-create-key", "client." + name}, caps...)...)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// SetImageMeta sets one metadata key of an image, as the admin.
+func (c *Cluster) SetImageMeta(ctx context.Context, image, key, value string) error {
+	_, err := c.run(ctx, 15*time.Second, "rbd", "image-meta", "set", c.opts.Pool+"/"+image, key, value)
+	return err
 }
 
 // HolderKeyFile writes the cluster user's key to a file for librbd clients.

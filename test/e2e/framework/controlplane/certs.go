@@ -35,15 +35,15 @@ import (
 type pki struct {
 	// CA signs the API server's serving certificate; clients trust it.
 	CA string
-	// ServingCert and ServingKey are kube-apiserver's, for 127.0.0.1.
+	// ServingCert and ServingKey are kube-apiserver's, for its address.
 	ServingCert, ServingKey string
 	// SAKey and SAPub sign and verify service account tokens.
 	SAKey, SAPub string
 }
 
-// newPKI writes a CA, a serving certificate for 127.0.0.1 and localhost, and
-// a service account key pair to dir.
-func newPKI(dir string) (*pki, error) {
+// newPKI writes a CA, a serving certificate for address, 127.0.0.1 and
+// localhost, and a service account key pair to dir.
+func newPKI(dir, address string) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func newPKI(dir string) (*pki, error) {
 		NotAfter:     now.Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(address)},
 		DNSNames:     []string{"localhost"},
 	}
 	servingDER, err := x509.CreateCertificate(rand.Reader, servingTemplate, caCert, &servingKey.PublicKey, caKey)

@@ -25,6 +25,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -67,9 +68,15 @@ var identities = []struct{ name, token, kubeconfig string }{
 	{"e2e-node-agent", "e2e-node-token", "node-agent.kubeconfig"},
 }
 
-// Start starts etcd and kube-apiserver and returns once the API server is
-// ready.
+// Start starts etcd and kube-apiserver on 127.0.0.1 and returns once the
+// API server is ready.
 func Start(ctx context.Context, dir string, bin Binaries) (*ControlPlane, error) {
+	return StartAt(ctx, dir, bin, "127.0.0.1")
+}
+
+// StartAt is Start with kube-apiserver listening on address (etcd stays on
+// 127.0.0.1).
+func StartAt(ctx context.Context, dir string, bin Binaries, address string) (*ControlPlane, error) {
 	for _, b := range []string{bin.Etcd, bin.APIServer} {
 		if _, err := os.Stat(b); err != nil {
 			return nil, fmt.Errorf("control plane binary missing: %w (hack/test-e2e.sh builds it)", err)
@@ -77,7 +84,7 @@ func Start(ctx context.Context, dir string, bin Binaries) (*ControlPlane, error)
 	}
 	cp := &ControlPlane{Dir: dir}
 	var err error
-	if cp.pki, err = newPKI(filepath.Join(dir, "pki")); err != nil {
+	if cp.pki, err = newPKI(filepath.Join(dir, "pki"), address); err != nil {
 		return nil, fmt.Errorf("generate certificates: %w", err)
 	}
 	logs := filepath.Join(dir, "log")
@@ -118,10 +125,10 @@ func Start(ctx context.Context, dir string, bin Binaries) (*ControlPlane, error)
 	if err != nil {
 		return nil, err
 	}
-	server := fmt.Sprintf("https://127.0.0.1:%d", port)
+	server := "https://" + net.JoinHostPort(address, strconv.Itoa(port))
 	cp.apiserver, err = process.Start("kube-apiserver", logs, nil, bin.APIServer,
 		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(port),
+		"--bind-address="+address, "--advertise-address="+address, "--secure-port="+strconv.Itoa(port),
 		"--cert-dir="+filepath.Join(dir, "apiserver-certs"),
 		"--tls-cert-file="+cp.pki.ServingCert, "--tls-private-key-file="+cp.pki.ServingKey,
 		"--service-account-issuer=https://kubernetes.default.svc",

@@ -19,6 +19,7 @@ package controlplane
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -36,8 +37,14 @@ type ControllerManager struct {
 }
 
 // NodeMonitorGracePeriod is how long a node may miss heartbeats before the
-// node lifecycle controller marks it NotReady (upstream default 40 s).
-const NodeMonitorGracePeriod = 10 * time.Second
+// node lifecycle controller marks it NotReady: 10 s, or
+// NODE_MONITOR_GRACE_PERIOD seconds (upstream's default is 40).
+var NodeMonitorGracePeriod = func() time.Duration {
+	if n, err := strconv.Atoi(os.Getenv("NODE_MONITOR_GRACE_PERIOD")); err == nil && n > 0 {
+		return time.Duration(n) * time.Second
+	}
+	return 10 * time.Second
+}()
 
 // StartControllerManager runs binary with the controllers the node-failure
 // path needs: the attach/detach controller, the node lifecycle controller

@@ -17,9 +17,11 @@ limitations under the License.
 // Package kubelet runs a test node: the real, unmodified kubelet binary,
 // configured only through upstream's flags and config file, with upstream's
 // fake container runtime (pods without containers, volumes for real), in a
-// mount namespace of its own whose /sys/bus is a tmpfs, and with
-// test/e2e/cmd/rbd-shim as the "rbd" on its PATH, so that "rbd map" gives
-// the node a real block device backed by a librbd client.
+// network namespace of its own (framework/netns), a mount namespace of its
+// own whose /sys/bus is a tmpfs, and a freezer cgroup that holds every
+// process of the node (framework/freezer); test/e2e/cmd/rbd-shim is the
+// "rbd" on its PATH, so that "rbd map" gives the node a real block device
+// backed by a librbd client, which runs in the node's namespaces and cgroup.
 package kubelet
 
 import (
@@ -35,6 +37,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/freezer"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/netns"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
@@ -48,6 +52,12 @@ type Options struct {
 	Dir, LogDir string
 	// Env is added to the kubelet's environment (CEPH_CONF).
 	Env []string
+	// Hub is the network the node joins; the suite runs inside it.
+	Hub *netns.Hub
+	// NodeMonitorGracePeriod is the controller's: the kubelet's lease lasts
+	// that long and it posts its status four times in it, the ratio of
+	// upstream's defaults (a 40 s lease, status every 10 s, 40 s grace).
+	NodeMonitorGracePeriod time.Duration
 }
 
 // Node is a running test node.
@@ -55,17 +65,23 @@ type Node struct {
 	Name string
 	// Root is the kubelet's --root-dir.
 	Root string
-	opts Options
-	dir  string
-	cri  *process.Process
+	// Net is the node's network namespace; Cgroup holds its processes.
+	Net    *netns.Node
+	Cgroup *freezer.Group
+	opts   Options
+	dir    string
+	cri    *process.Process
+	// poweredOff: PowerOff killed the kubelet (it dies once thawed).
+	poweredOff bool
 	// Kubelet is the kubelet process; its pid names the node's mount
 	// namespace.
 	Kubelet *process.Process
 }
 
 // config is the KubeletConfiguration: upstream defaults except what this
-// VM needs (no swap check, no QoS cgroups, no allocatable enforcement) and
-// what a second kubelet on one host must not share (ports, endpoints).
+// VM needs (no swap check, no QoS cgroups, no allocatable enforcement),
+// what a second kubelet on one host must not share (ports, endpoints) and
+// the heartbeat, scaled to the controller's grace period.
 const config = `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failSwapOn: false
@@ -74,7 +90,7 @@ enforceNodeAllocatable: []
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://%[1]s/cri.sock
 imageServiceEndpoint: unix://%[1]s/cri.sock
-address: 127.0.0.1
+address: %[4]s
 port: %[2]d
 healthzBindAddress: 127.0.0.1
 healthzPort: %[3]d
@@ -86,6 +102,8 @@ authentication:
     enabled: false
 authorization:
   mode: AlwaysAllow
+nodeLeaseDurationSeconds: %[5]d
+nodeStatusUpdateFrequency: %[6]s
 `
 
 // Start starts a node named name.
@@ -97,9 +115,12 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 			return nil, err
 		}
 	}
-	_ = os.Remove(filepath.Join(n.bin(), "rbd"))
-	if err := os.Symlink(o.RbdShim, filepath.Join(n.bin(), "rbd")); err != nil {
-		return nil, err
+	// The shim is rbd, and ceph too (it logs the node's calls of both).
+	for _, tool := range []string{"rbd", "ceph"} {
+		_ = os.Remove(filepath.Join(n.bin(), tool))
+		if err := os.Symlink(o.RbdShim, filepath.Join(n.bin(), tool)); err != nil {
+			return nil, err
+		}
 	}
 	// No kernel modules and no rbd-nbd fallback on a test node, even on a
 	// host that has them: every mapping goes through the shim.
@@ -108,11 +129,25 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 			return nil, err
 		}
 	}
+	if o.Hub == nil {
+		return nil, fmt.Errorf("node %s: no hub network (run the suite through netns.RunInHub)", name)
+	}
 	var err error
-	// Every process of the node runs in the node's directory: nothing it
-	// does with a relative path lands in the harness's package directory.
-	n.cri, err = process.StartIn(n.dir, "fake-cri-"+name, o.LogDir, nil, o.FakeCRI, "--endpoint=unix://"+n.dir+"/cri.sock")
+	if n.Net, err = o.Hub.AddNode(name); err != nil {
+		return nil, err
+	}
+	if n.Cgroup, err = freezer.New(name); err != nil {
+		n.Net.Remove()
+		return nil, err
+	}
+	// Every process of the node runs in the node's directory (nothing it
+	// does with a relative path lands in the harness's package directory),
+	// in its network namespace and in its cgroup.
+	n.cri, err = process.StartIn(n.dir, "fake-cri-"+name, o.LogDir, nil,
+		n.enter(o.FakeCRI, "--endpoint=unix://"+n.dir+"/cri.sock")...)
 	if err != nil {
+		n.Net.Remove()
+		n.Cgroup.Remove()
 		return nil, err
 	}
 	sock := filepath.Join(n.dir, "cri.sock")
@@ -126,10 +161,16 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 		return nil, err
 	}
 	if err := n.StartKubelet(ctx); err != nil {
-		n.cri.Stop(5 * time.Second)
+		n.Stop()
 		return nil, err
 	}
 	return n, nil
+}
+
+// enter is argv run in the node's network namespace and cgroup.
+func (n *Node) enter(argv ...string) []string {
+	join := append(n.Net.Enter(), "sh", "-c", `echo $$ > "$0" && exec "$@"`, n.Cgroup.Procs())
+	return append(join, argv...)
 }
 
 func (n *Node) bin() string   { return filepath.Join(n.dir, "bin") }
@@ -147,7 +188,12 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 		return err
 	}
 	cfg := filepath.Join(n.dir, "kubelet.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(config, n.dir, port, healthz)), 0o644); err != nil {
+	grace := n.opts.NodeMonitorGracePeriod
+	if grace < 4*time.Second {
+		return fmt.Errorf("node %s: node monitor grace period %v: want at least 4s", n.Name, grace)
+	}
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(config, n.dir, port, healthz, n.Net.IP, int(grace/time.Second),
+		grace/4)), 0o644); err != nil {
 		return err
 	}
 	// A mount namespace of its own with a tmpfs at /sys/bus, where the
@@ -166,15 +212,17 @@ exec "$0" "$@"`
 		"RBD_SHIM_STATE=" + n.state(),
 		"NODE_DIR=" + n.dir,
 	}, n.opts.Env...)
-	n.Kubelet, err = process.StartIn(n.dir, "kubelet-"+n.Name, n.opts.LogDir, env, "unshare", "--mount", "--", "sh", "-c", script,
-		n.opts.Kubelet, "--config="+cfg, "--kubeconfig="+n.opts.Kubeconfig, "--hostname-override="+n.Name,
-		"--root-dir="+n.Root, "--cert-dir="+filepath.Join(n.dir, "pki"), "--v=4")
+	n.Kubelet, err = process.StartIn(n.dir, "kubelet-"+n.Name, n.opts.LogDir, env,
+		n.enter("unshare", "--mount", "--", "sh", "-c", script,
+			n.opts.Kubelet, "--config="+cfg, "--kubeconfig="+n.opts.Kubeconfig, "--hostname-override="+n.Name,
+			"--node-ip="+n.Net.IP.String(), "--root-dir="+n.Root, "--cert-dir="+filepath.Join(n.dir, "pki"), "--v=4")...)
 	if err != nil {
 		return err
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz)
 	return n.Kubelet.WaitFor(time.Minute, func() error {
-		out, err := exec.CommandContext(ctx, "curl", "-sf", "--max-time", "2", url).CombinedOutput()
+		curl := append(n.Net.Enter(), "curl", "-sf", "--max-time", "2", url)
+		out, err := exec.CommandContext(ctx, curl[0], curl[1:]...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%s: %w: %s", url, err, out)
 		}
@@ -224,24 +272,36 @@ func (n *Node) FusePids() []int {
 	return pids
 }
 
-// PowerOff stops the node as a power cut would, as far as Ceph can tell:
-// its Ceph clients are frozen (SIGSTOP: their connections stay open and
-// say nothing, their watches expire) and its kubelet and runtime are
-// killed. The clients stay frozen until Thaw.
-func (n *Node) PowerOff() {
-	for _, pid := range n.FusePids() {
-		_ = syscall.Kill(pid, syscall.SIGSTOP)
+// PowerOff stops the node as a power cut would, as everyone else sees it:
+// every process of the node is frozen at once (its Ceph clients keep their
+// connections open and say nothing; their watches expire), its link goes
+// down (what its kernel still sends, the FINs of the kills below among
+// them, never arrives), and its kubelet and runtime are killed (they die
+// when the node runs again). The Ceph clients stay frozen until WakeUp.
+func (n *Node) PowerOff() error {
+	if err := n.Cgroup.Freeze(10 * time.Second); err != nil {
+		return err
 	}
-	n.Kubelet.Kill()
-	n.cri.Kill()
+	if err := n.Net.LinkDown(); err != nil {
+		return err
+	}
+	n.poweredOff = true
+	for _, p := range []*process.Process{n.Kubelet, n.cri} {
+		if !p.Exited() {
+			_ = p.SignalGroup(syscall.SIGKILL)
+		}
+	}
+	return nil
 }
 
-// Thaw lets the frozen Ceph clients of a node that was powered off run
-// again: a node that wakes up after its replacement took over.
-func (n *Node) Thaw() {
-	for _, pid := range n.FusePids() {
-		_ = syscall.Kill(pid, syscall.SIGCONT)
+// WakeUp lets a node that was powered off (or frozen) run again, with its
+// link back: what survived of it (its Ceph clients, with their mappings
+// and the writes they queued) carries on where it stopped.
+func (n *Node) WakeUp() error {
+	if err := n.Net.LinkUp(); err != nil {
+		return err
 	}
+	return n.Cgroup.Thaw(10 * time.Second)
 }
 
 // InClientNS runs argv in the mount namespace of the node's Ceph client pid
@@ -254,6 +314,51 @@ func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
 	cmd.WaitDelay = 5 * time.Second
 	return cmd.CombinedOutput()
 }
+
+// Clients returns the Ceph client ids of the node's mappings.
+func (n *Node) Clients() []uint64 {
+	var ids []uint64
+	records, _ := filepath.Glob(filepath.Join(n.state(), "rbd*.json"))
+	for _, rec := range records {
+		var mp struct {
+			Client uint64 `json:"client"`
+		}
+		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.Client > 0 {
+			ids = append(ids, mp.Client)
+		}
+	}
+	return ids
+}
+
+// Call is one rbd or ceph call the node's kubelet made, by its verbs.
+type Call struct {
+	At   time.Time
+	What string
+}
+
+// Calls returns the rbd and ceph calls the node made (the shim's log).
+func (n *Node) Calls() ([]Call, error) {
+	data, err := os.ReadFile(filepath.Join(n.state(), "calls.log"))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var calls []Call
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		stamp, what, ok := strings.Cut(line, " ")
+		at, err := time.Parse(time.RFC3339Nano, stamp)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("%s: cannot read call %q", n.Name, line)
+		}
+		calls = append(calls, Call{At: at, What: what})
+	}
+	return calls, nil
+}
+
+// Running reports whether the node's kubelet runs (not killed by a power-off).
+func (n *Node) Running() bool { return !n.poweredOff && n.Kubelet != nil && !n.Kubelet.Exited() }
 
 // Devices returns the /dev/rbdN nodes the node's mappings made.
 func (n *Node) Devices() []string {
@@ -269,11 +374,17 @@ func (n *Node) Devices() []string {
 // under its root (its mount namespace goes with it) and frees the node's
 // devices.
 func (n *Node) Stop() {
+	// A frozen node ends only once it runs again.
+	_ = n.Cgroup.Thaw(10 * time.Second)
 	if n.Kubelet != nil {
 		n.Kubelet.Stop(10 * time.Second)
 	}
-	n.cri.Stop(5 * time.Second)
+	if n.cri != nil {
+		n.cri.Stop(5 * time.Second)
+	}
 	Cleanup(n.dir)
+	n.Cgroup.Remove()
+	n.Net.Remove()
 }
 
 // Cleanup frees what the shim made for a node whose files are in dir: loop

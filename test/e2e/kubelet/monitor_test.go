@@ -1,0 +1,264 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package kubelet
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+)
+
+// monitorInterval is how often the monitor samples.
+const monitorInterval = 300 * time.Millisecond
+
+// monitor is a scenario's safety verdict and its timeline's source. It
+// reads the image's watchers itself (rbd status as the admin): two at once
+// is a double mapping, whichever node claims them (every mapping here is
+// read-write). It also follows, from the API, the nodes' Ready condition,
+// the pods, the attachments and the events, and each running node's mounts
+// of the image. A watcher sample that cannot be read fails the run.
+type monitor struct {
+	s    *scenario
+	done chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+
+	mu      sync.Mutex
+	samples int
+	doubles int
+	double  string
+	errors  []string
+	// last is the last value seen of each followed thing, by key.
+	last map[string]string
+	// seenEvents are the API events already on the timeline.
+	seenEvents map[types.UID]bool
+}
+
+func startMonitor(s *scenario) *monitor {
+	m := &monitor{s: s, done: make(chan struct{}), last: map[string]string{}, seenEvents: map[types.UID]bool{}}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for {
+			select {
+			case <-m.done:
+				return
+			case <-time.After(monitorInterval):
+			}
+			m.sample()
+		}
+	}()
+	return m
+}
+
+func (m *monitor) stop() {
+	m.once.Do(func() { close(m.done) })
+	m.wg.Wait()
+}
+
+// changed records on lane what key now is ("" for nothing to say), if it
+// changed since the last sample.
+func (m *monitor) changed(at time.Time, lane, key, now string) {
+	m.mu.Lock()
+	was := m.last[key]
+	m.last[key] = now
+	m.mu.Unlock()
+	if now != "" && now != was {
+		m.s.tl.Add(at, lane, "%s", now)
+	}
+}
+
+// lastOf is the last value recorded for key.
+func (m *monitor) lastOf(key string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.last[key]
+}
+
+func (m *monitor) sample() {
+	s := m.s
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Each observation is stamped when its read returned: one sample takes
+	// a while (rbd status, the nodes' mount tables, the API).
+	watchers, err := env.cluster.Watchers(ctx, s.claim)
+	now := time.Now()
+	m.mu.Lock()
+	m.samples++
+	if err != nil {
+		m.errors = append(m.errors, fmt.Sprintf("%s: %v", now.Format(time.RFC3339Nano), err))
+	}
+	m.mu.Unlock()
+	if err == nil {
+		owners := map[uint64]string{}
+		for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
+			for _, c := range n.Clients() {
+				owners[c] = s.lane(n)
+			}
+		}
+		var names []string
+		for _, w := range watchers {
+			who := owners[w.Client]
+			if who == "" {
+				who = "?"
+			}
+			names = append(names, fmt.Sprintf("client.%d (%s)", w.Client, who))
+		}
+		sort.Strings(names)
+		state := "no watcher"
+		if len(names) > 0 {
+			state = "watchers: " + strings.Join(names, ", ")
+		}
+		m.changed(now, laneCeph, "watchers", state)
+		if len(watchers) > 1 {
+			m.mu.Lock()
+			m.doubles++
+			if m.double == "" {
+				m.double = fmt.Sprintf("at %s: %s", now.Format(time.RFC3339Nano), state)
+				s.tl.Add(now, laneCeph, "double mapping")
+			}
+			m.mu.Unlock()
+		}
+	}
+	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
+		lane := s.lane(n)
+		node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		now := time.Now()
+		if err == nil {
+			readyState := "NotReady"
+			for _, c := range node.Status.Conditions {
+				if c.Type == v1.NodeReady && c.Status == v1.ConditionTrue {
+					readyState = "Ready"
+				}
+			}
+			m.changed(now, laneControl, "ready/"+lane, lane+" "+readyState)
+			attachedState := ""
+			if strings.HasPrefix(m.lastOf("attached/"+lane), "attached") {
+				attachedState = "detached from " + lane
+			}
+			for _, a := range node.Status.VolumesAttached {
+				if strings.HasSuffix(string(a.Name), "-image-"+s.claim) {
+					attachedState = "attached to " + lane
+				}
+			}
+			m.changed(now, laneControl, "attached/"+lane, attachedState)
+		}
+		if n.Running() {
+			mounts, err := n.Mounts(ctx)
+			now := time.Now()
+			if err == nil {
+				state := ""
+				if len(mounts) > 0 {
+					state = "mounted " + strings.Fields(mounts[0])[0]
+				} else if m.lastOf("mount/"+lane) != "" {
+					state = "unmounted"
+				}
+				m.changed(now, lane, "mount/"+lane, state)
+			}
+		}
+	}
+	for _, p := range s.pods {
+		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
+		now := time.Now()
+		state := ""
+		switch {
+		case err != nil:
+			state = s.appName(p) + " gone"
+		case q.DeletionTimestamp != nil:
+			state = s.appName(p) + " Terminating"
+		default:
+			state = s.appName(p) + " " + string(q.Status.Phase)
+		}
+		lane := laneControl
+		if q != nil && q.Spec.NodeName == s.nodeB.Name {
+			lane = laneB
+		} else if q != nil && q.Spec.NodeName == s.nodeA.Name {
+			lane = laneA
+		}
+		m.changed(now, lane, "pod/"+p.Name, state)
+	}
+	m.events(ctx)
+}
+
+// routineEvents are what every pod of the fake runtime gets: not drawn.
+var routineEvents = map[string]bool{"Scheduled": true, "MissingClusterDNS": true, "Pulled": true, "Created": true, "Started": true}
+
+// events puts the pods' new API events on the timeline: the controller's
+// on its lane, the kubelets' on their node's.
+func (m *monitor) events(ctx context.Context) {
+	s := m.s
+	evs, err := env.cp.Client.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	for _, e := range evs.Items {
+		var pod *v1.Pod
+		for _, p := range s.pods {
+			if p.UID == e.InvolvedObject.UID {
+				pod = p
+			}
+		}
+		m.mu.Lock()
+		seen := m.seenEvents[e.UID]
+		m.seenEvents[e.UID] = true
+		m.mu.Unlock()
+		if pod == nil || seen || routineEvents[e.Reason] {
+			continue
+		}
+		lane := laneControl
+		if e.Source.Component == "kubelet" || e.ReportingController == "kubelet" {
+			lane = laneB
+			if pod.Spec.NodeName == s.nodeA.Name {
+				lane = laneA
+			}
+		}
+		at := e.FirstTimestamp.Time
+		if at.IsZero() {
+			at = e.EventTime.Time
+		}
+		if at.IsZero() {
+			at = time.Now()
+		}
+		s.tl.Add(at, lane, "%s %s: %s", s.appName(pod), e.Reason, e.Message)
+	}
+}
+
+// verdict fails the scenario on a double mapping (unless the row shows the
+// hazard) or on samples that could not be read.
+func (m *monitor) verdict(expectDoubles bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.s.t
+	if m.doubles > 0 && !expectDoubles {
+		t.Errorf("double mapping: %d of %d samples saw two watchers on %s; first %s", m.doubles, m.samples, m.s.claim, m.double)
+	}
+	if len(m.errors) > 0 {
+		t.Errorf("the safety monitor could not read the image's watchers %d of %d times; first: %s", len(m.errors), m.samples, m.errors[0])
+	}
+	if m.samples < 5 {
+		t.Errorf("the safety monitor took only %d samples", m.samples)
+	}
+}

@@ -1,0 +1,157 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package kubelet
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// eachBuild runs scenario name against stock, then patched, and draws the
+// two timelines side by side.
+func eachBuild(t *testing.T, name string, run func(s *scenario)) {
+	var runs []*scenario
+	for _, build := range []string{stock, patched} {
+		t.Run(build, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
+			defer cancel()
+			s := newScenario(ctx, t, name, build, v1.ReadWriteOnce)
+			runs = append(runs, s)
+			run(s)
+		})
+	}
+	drawTimelines(t, name, runs...)
+}
+
+// TestPartitionFromTheAPIServer: node-a loses the API server but keeps
+// Ceph (split brain). It goes NotReady and its pod is evicted; the
+// replacement goes to node-b. Patched: the controller fails over, but
+// node-b's gate sees node-a's live watch and refuses, naming node-a's
+// client. Stock: Multi-Attach. Once the partition heals node-a's kubelet
+// lets go of the pod (unmount, unmap) and both builds run the replacement
+// with every record node-a synced.
+func TestPartitionFromTheAPIServer(t *testing.T) {
+	eachBuild(t, "api-partition", func(s *scenario) {
+		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
+		podA := s.createPod(nodeA, evictionToleration())
+		s.waitRunning(podA, podRunningTimeout)
+		const synced = 10
+		s.writeRecords(nodeA, podA, synced)
+		watchers, err := env.cluster.Watchers(ctx, s.claim)
+		if err != nil || len(watchers) != 1 {
+			t.Fatalf("watchers before the partition: %v (%v), want node-a's", watchers, err)
+		}
+
+		cut := time.Now()
+		s.tl.SetStart(cut)
+		s.tl.Mark(laneA, "cut off from the API server")
+		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
+			t.Fatal(err)
+		}
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
+			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+			return err == nil && p.DeletionTimestamp != nil, nil
+		})
+		podB := s.createPod(nodeB, evictionToleration())
+		var msg string
+		if s.build == patched {
+			s.event(podB, "FencedFailover", "attaching it here", failoverTimeout())
+			msg = s.event(podB, "FailedMount", fmt.Sprintf("client.%d", watchers[0].Client), failoverTimeout())
+		} else {
+			msg = s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+		}
+		s.note("node-b while node-a was cut off: %s", msg)
+		// Held for two watch timeouts: node-a's watch lives, nothing maps.
+		if !s.neverWithin(2*env.watchTimeout, func() bool { return len(nodeB.Devices()) > 0 }) {
+			t.Errorf("node-b mapped the image while node-a's client still watched it")
+		}
+
+		healed := time.Now()
+		s.tl.Mark(laneA, "partition healed")
+		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
+			t.Fatal(err)
+		}
+		poll(ctx, t, "app-1 gone", failoverTimeout(), func(ctx context.Context) (bool, error) {
+			_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		running := s.waitRunning(podB, failoverTimeout())
+		found := s.recordsOn(nodeB, podB, synced)
+		if found != synced {
+			t.Errorf("node-b reads %d of the %d records node-a synced", found, synced)
+		}
+		how := "the controller attached it once app-1 was gone"
+		if s.build == patched {
+			how = "attached at once (FencedFailover); node-b's gate held the map until node-a's kubelet unmapped"
+		}
+		s.outcome = fmt.Sprintf("while cut off: %s; healed: app-2 Running on node-b %v later (%s), %d/%d records",
+			map[string]string{patched: "node-b's gate refused, naming node-a's client", stock: "Multi-Attach error"}[s.build],
+			running.Sub(healed).Round(100*time.Millisecond), how, found, synced)
+		s.finish(false)
+	})
+}
+
+// TestPartitionFromCeph: node-a loses Ceph but keeps the API server, so its
+// watch expires while it still runs the pod (Ready, not evicted). A second
+// pod for the claim goes to node-b (a rolling update). Both builds keep
+// upstream's Multi-Attach error: node-a is Ready. Patched must not fail
+// over from a live node even though no watcher is left to stop a map.
+func TestPartitionFromCeph(t *testing.T) {
+	eachBuild(t, "ceph-partition", func(s *scenario) {
+		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
+		podA := s.createPod(nodeA)
+		s.waitRunning(podA, podRunningTimeout)
+		s.writeRecords(nodeA, podA, 5)
+
+		cut := time.Now()
+		s.tl.SetStart(cut)
+		s.tl.Mark(laneA, "cut off from Ceph")
+		if err := nodeA.Net.CutOff(env.hub.CephIP); err != nil {
+			t.Fatal(err)
+		}
+		expired := poll(ctx, t, "node-a's watch expired", failoverTimeout(), func(ctx context.Context) (bool, error) {
+			w, err := env.cluster.Watchers(ctx, s.claim)
+			return err == nil && len(w) == 0, nil
+		})
+		podB := s.createPod(nodeB)
+		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
+			t.Errorf("the volume was attached to or mapped on node-b while node-a ran the pod")
+		}
+		if !ready(ctx, nodeA) {
+			t.Errorf("node-a is not Ready: the scenario wants it alive for the API server")
+		}
+		s.tl.Mark(laneA, "Ceph reachable again")
+		if err := nodeA.Net.Reconnect(env.hub.CephIP); err != nil {
+			t.Fatal(err)
+		}
+		if err := env.cp.Client.CoreV1().Pods(namespace).Delete(ctx, podB.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		s.note("event: %s", msg)
+		s.outcome = fmt.Sprintf("node-a's watch expired %v after the cut, node-a stayed Ready: Multi-Attach error, nothing attached or mapped on node-b for %v",
+			expired.Sub(cut).Round(100*time.Millisecond), 2*env.watchTimeout)
+		s.finish(false)
+	})
+}

@@ -1,0 +1,294 @@
+/*
+Copyright 2026 The kube-rbd-failover Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package kubelet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/timeline"
+)
+
+// The builds a scenario runs against: kube-controller-manager and every
+// kubelet of the scenario are that build's.
+const (
+	patched = "patched"
+	stock   = "stock"
+)
+
+// Lanes of the timelines.
+const (
+	laneControl = "control plane"
+	laneA       = "node-a"
+	laneB       = "node-b"
+	laneCeph    = "Ceph"
+)
+
+// scenarios are the titles of the real-kubelet scenarios, for the report
+// and the pictures (README's "Reading the report" uses the same).
+var scenarios = map[string]string{
+	"power-off":     "node-a loses power (frozen, link down, kubelet killed); replacement pod on node-b; node-a wakes up",
+	"api-partition": "node-a cut off from the API server only (Ceph kept); its pod evicted; replacement on node-b; partition healed",
+	"ceph-partition": "node-a cut off from Ceph only (API kept): its watch expires while it runs the pod; " +
+		"a second pod for the claim on node-b",
+}
+
+// useControllerManager makes the running kube-controller-manager build's.
+func useControllerManager(ctx context.Context, t *testing.T, build string) {
+	t.Helper()
+	if env.kcm != nil && env.kcm.Build == build {
+		return
+	}
+	if env.kcm != nil {
+		env.kcm.Stop()
+		env.kcm = nil
+	}
+	kcm, err := env.cp.StartControllerManager(ctx, build, os.Getenv("E2E_KCM_"+strings.ToUpper(build)))
+	if err != nil {
+		t.Fatalf("start the %s kube-controller-manager: %v", build, err)
+	}
+	env.kcm = kcm
+}
+
+// scenario is one run of a scenario against one build: two real kubelets of
+// that build, that build's controller, one RBD volume, the monitor.
+type scenario struct {
+	t            *testing.T
+	ctx          context.Context
+	name, build  string
+	nodeA, nodeB *kubelet.Node
+	claim        string
+	tl           *timeline.Timeline
+	mon          *monitor
+	pods         []*v1.Pod
+	outcome      string
+	notes        []string
+}
+
+// newScenario starts it; mode is the PV's access mode (ReadWriteMany: the
+// workaround users apply to stock).
+func newScenario(ctx context.Context, t *testing.T, name, build string, mode v1.PersistentVolumeAccessMode) *scenario {
+	t.Helper()
+	useControllerManager(ctx, t, build)
+	id := name + "-" + build
+	if mode == v1.ReadWriteMany {
+		id += "-rwx"
+	}
+	s := &scenario{t: t, ctx: ctx, name: name, build: build}
+	title := build
+	if mode == v1.ReadWriteMany {
+		title += " (PV ReadWriteMany)"
+	}
+	s.tl = timeline.New(title, laneControl, laneA, laneB, laneCeph)
+	s.nodeA = startNode(ctx, t, id+"-a", build)
+	s.nodeB = startNode(ctx, t, id+"-b", build)
+	s.claim = createVolume(ctx, t, id, mode)
+	s.mon = startMonitor(s)
+	t.Cleanup(s.mon.stop)
+	return s
+}
+
+// lane names a node's lane.
+func (s *scenario) lane(n *kubelet.Node) string {
+	if n == s.nodeA {
+		return laneA
+	}
+	return laneB
+}
+
+// createPod creates the scenario's next pod (app-1, app-2, …) on n.
+func (s *scenario) createPod(n *kubelet.Node, opts ...podOption) *v1.Pod {
+	s.t.Helper()
+	p := createPod(s.ctx, s.t, fmt.Sprintf("%s-app-%d", s.claim, len(s.pods)+1), s.claim, n, opts...)
+	s.pods = append(s.pods, p)
+	s.tl.Mark(laneControl, "pod app-%d created on %s", len(s.pods), s.lane(n))
+	return p
+}
+
+// appName is "app-N" for the report.
+func (s *scenario) appName(p *v1.Pod) string {
+	for i, q := range s.pods {
+		if q.UID == p.UID {
+			return fmt.Sprintf("app-%d", i+1)
+		}
+	}
+	return p.Name
+}
+
+// running waits until p is Running.
+func (s *scenario) waitRunning(p *v1.Pod, timeout time.Duration) time.Time {
+	s.t.Helper()
+	return poll(s.ctx, s.t, s.appName(p)+" Running", timeout, func(ctx context.Context) (bool, error) {
+		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
+		return err == nil && q.Status.Phase == v1.PodRunning, nil
+	})
+}
+
+// ready reports whether n's Node is Ready.
+func ready(ctx context.Context, n *kubelet.Node) bool {
+	node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		return false
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == v1.NodeReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// attached reports whether the volume is in n's status.volumesAttached.
+func (s *scenario) attached(n *kubelet.Node) bool {
+	node, err := env.cp.Client.CoreV1().Nodes().Get(s.ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		return false
+	}
+	for _, a := range node.Status.VolumesAttached {
+		if strings.HasSuffix(string(a.Name), "-image-"+s.claim) {
+			return true
+		}
+	}
+	return false
+}
+
+// neverWithin checks cond every poll interval for d (at least once) and
+// reports false as soon as it holds.
+func (s *scenario) neverWithin(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return false
+		}
+		if time.Now().After(deadline) {
+			return true
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// event waits for an event on p with reason whose message contains part,
+// and returns the message.
+func (s *scenario) event(p *v1.Pod, reason, part string, timeout time.Duration) string {
+	s.t.Helper()
+	var msg string
+	err := wait.PollUntilContextTimeout(s.ctx, pollInterval, timeout, true, func(ctx context.Context) (bool, error) {
+		evs, err := env.cp.Client.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, e := range evs.Items {
+			if e.InvolvedObject.UID == p.UID && e.Reason == reason && strings.Contains(e.Message, part) {
+				msg = e.Message
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		s.t.Fatalf("no %s event on %s saying %q within %v: %v", reason, s.appName(p), part, timeout, err)
+	}
+	return msg
+}
+
+// writeRecords has the application on n write records through p's volume,
+// syncing each, and returns the volume's directory.
+func (s *scenario) writeRecords(n *kubelet.Node, p *v1.Pod, count int) string {
+	s.t.Helper()
+	vol := podMountedVolume(s.ctx, s.t, n, p, s.claim)
+	for i := 1; i <= count; i++ {
+		rec := fmt.Sprintf("%s record %d", s.lane(n), i)
+		if out, err := n.InNode(s.ctx, "sh", "-c", `printf '%s\n' "$1" >> "$2/records" && sync "$2/records"`, "app",
+			rec, vol); err != nil {
+			s.t.Fatalf("write record %d: %v: %s", i, err, out)
+		}
+	}
+	s.tl.Mark(s.lane(n), "%d records written and synced", count)
+	return vol
+}
+
+// recordsOn counts node-a's records 1..count that n reads through p's volume.
+func (s *scenario) recordsOn(n *kubelet.Node, p *v1.Pod, count int) int {
+	s.t.Helper()
+	vol := podMountedVolume(s.ctx, s.t, n, p, s.claim)
+	out, err := n.InNode(s.ctx, "cat", vol+"/records")
+	if err != nil {
+		s.t.Fatalf("read the records on %s: %v: %s", n.Name, err, out)
+	}
+	found := 0
+	for i := 1; i <= count; i++ {
+		if strings.Contains(string(out), fmt.Sprintf("%s record %d\n", laneA, i)) {
+			found++
+		}
+	}
+	return found
+}
+
+func (s *scenario) note(format string, args ...interface{}) {
+	s.notes = append(s.notes, fmt.Sprintf(format, args...))
+}
+
+// finish stops the monitor, adds the nodes' rbd and ceph calls to the
+// timeline, checks the safety verdict and reports the run.
+func (s *scenario) finish(expectDoubles bool) {
+	s.mon.stop()
+	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
+		calls, err := n.Calls()
+		if err != nil {
+			s.t.Error(err)
+		}
+		for _, c := range calls {
+			s.tl.Add(c.At, s.lane(n), "%s", c.What)
+		}
+	}
+	s.mon.verdict(expectDoubles)
+	report("- %s, %s: %s\n", s.name, s.tl.Title, s.outcome)
+	for _, n := range s.notes {
+		report("  - %s\n", n)
+	}
+	report("  - double mappings: %d of %d samples; timeline (s after the failure):\n%s", s.mon.doubles, s.mon.samples,
+		s.tl.Markdown())
+}
+
+// drawTimelines writes the scenario's picture, its builds side by side,
+// beside the report: timeline-<name>.svg.
+func drawTimelines(t *testing.T, name string, runs ...*scenario) {
+	var panels []*timeline.Timeline
+	for _, s := range runs {
+		if s != nil {
+			panels = append(panels, s.tl)
+		}
+	}
+	if len(panels) == 0 {
+		return
+	}
+	path := filepath.Join(filepath.Dir(env.dir), "timeline-"+name+".svg")
+	if err := os.WriteFile(path, []byte(timeline.SVG(name+": "+scenarios[name], panels...)), 0o644); err != nil {
+		t.Error(err)
+	}
+	report("- timeline picture: %s\n", filepath.Base(path))
+}
