@@ -47,9 +47,10 @@ const (
 	podDeletedLater
 	// podInGrace: being deleted, its grace period not over yet.
 	podInGrace
-	// podGraceEndsSoon: being deleted, its grace period over a moment after
-	// the new pod is scheduled (after upstream's Multi-Attach error).
-	podGraceEndsSoon
+	// podGraceEndsLater: being deleted, in its grace period until upstream's
+	// Multi-Attach error was reported for the new pod, then past it (the
+	// update reaches the controller as a second AddPod).
+	podGraceEndsLater
 )
 
 // TestFencedFailover pins the controller-side rules of docs/design.md: a
@@ -105,7 +106,7 @@ func TestFencedFailover(t *testing.T) {
 			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podDeleting}}, target: stockKubelet,
 			refused: "the kubelet of node node-b (\"v1.30.14\") does not fence"},
 		{name: "target with a stock kubelet gets the refusal once the holder's pod is past its grace period", spec: func() *volume.Spec { return rbdPV(rwo...) },
-			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podGraceEndsSoon}}, target: stockKubelet,
+			holders: map[types.NodeName]holder{"node-a": {state: unknown, pod: podGraceEndsLater}}, target: stockKubelet,
 			refused: "the kubelet of node node-b (\"v1.30.14\") does not fence"},
 		// Upstream allows multi-attach of every inline volume but Azure Disk
 		// and Cinder (util.IsMultiAttachAllowed): an inline RBD volume is
@@ -138,6 +139,7 @@ func TestFencedFailover(t *testing.T) {
 			}
 			w := newWorld(t, nodes...)
 			var name v1.UniqueVolumeName
+			var graceEnds []func()
 			for n, h := range row.holders {
 				spec := row.spec()
 				old := pod("old-"+string(n), n)
@@ -146,13 +148,17 @@ func TestFencedFailover(t *testing.T) {
 					old = deleting(old, 0)
 				case podInGrace:
 					old = deleting(old, time.Minute)
-				case podGraceEndsSoon:
-					old = deleting(old, 2*settle)
+				case podGraceEndsLater:
+					old = deleting(old, time.Minute)
 				}
 				name = w.schedule(old, spec, n)
 				w.attached(name, spec, n)
 				if h.pod == podDeletedLater {
 					w.schedule(deleting(old, 0), spec, n)
+				}
+				if h.pod == podGraceEndsLater {
+					n, old := n, old
+					graceEnds = append(graceEnds, func() { w.schedule(deleting(old, -time.Second), spec, n) })
 				}
 			}
 			w.schedule(pod("new", "node-b"), row.spec(), "node-b")
@@ -183,7 +189,13 @@ func TestFencedFailover(t *testing.T) {
 			}) {
 				return
 			}
+			for _, end := range graceEnds {
+				end()
+			}
 			time.Sleep(settle)
+			if n := countEvents(w.events(), "Warning FailedAttachVolume", "Multi-Attach error"); n != 1 {
+				t.Errorf("%d Multi-Attach errors, want exactly 1 (upstream reports it once)", n)
+			}
 			if contains(w.nodesOf(name), "node-b") {
 				t.Errorf("attached to node-b despite the Multi-Attach error")
 			}
