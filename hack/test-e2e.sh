@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# Runs the end-to-end suites under test/e2e against the patched tree, on a
-# real single-node Ceph cluster on 127.0.0.1 (Debian's ceph packages,
-# installed by hack/install-deps.sh):
+# Runs the end-to-end suites under test/e2e against the patched tree, on
+# real single-node Ceph clusters (Debian's ceph packages, installed by
+# hack/install-deps.sh):
 #   test/e2e/node      the patched RBD plugin's watcher gate and fence against
 #                      Ceph (and the frozen-holder hazard with the stock one);
 #   test/e2e/failover  the node-failure scenarios on a real control plane
 #                      (etcd, kube-apiserver, stock and patched
 #                      kube-controller-manager) with simulated nodes that
-#                      run the stock or the patched RBD plugin.
-# It first builds what the control plane needs: kube-apiserver from the
-# patched tree, kube-controller-manager from the stock and the patched tree,
-# etcd at the version the tree pins, and the node agent of each build.
+#                      run the stock or the patched RBD plugin;
+#   test/e2e/kubelet   the real stock and patched kubelets, each node in
+#                      network and mount namespaces and a freezer cgroup of
+#                      its own, with the same build's controller.
+# It first builds what they need: kube-apiserver, kubelet and
+# kube-controller-manager from the patched and the stock tree, etcd at the
+# version the tree pins, the node agent of each build, the fake runtime and
+# the rbd shim.
 # WATCH_TIMEOUT sets the OSDs' osd_client_watch_timeout in seconds (default
-# 10; Ceph's default is 30). E2E_PACKAGES limits the run to some suites (say
-# ./test/e2e/kubelet; then the stock-plugin run is left out), E2E_RUN to some
-# tests (go test -run). Logs go to _output/e2e/<run>/ and are kept when a
-# suite fails; the report is _output/e2e/report.md, with the real-kubelet
-# suite's timeline pictures (timeline-*.svg) beside it.
+# 10; Ceph's default is 30); NODE_MONITOR_GRACE_PERIOD the controller's (10;
+# upstream 40) and TOLERATION_SECONDS the real-kubelet pods' unreachable
+# toleration (0; "upstream" leaves admission's 300 s); E2E_TIMEOUT the go
+# test timeout (30m; about 90m at upstream's timings). E2E_PACKAGES limits
+# the run to some suites (say ./test/e2e/kubelet; the stock-plugin run of
+# TestFrozenHolder comes only with ./test/e2e/node), E2E_RUN to some tests
+# (go test -run). One run at a time on the machine: a run holds
+# /run/lock/kube-rbd-failover-e2e.lock (RBDF_E2E_LOCK). Logs go
+# to _output/e2e/<run>/ and are kept when a suite fails; the report is
+# _output/e2e/report.md, with the real-kubelet suite's timeline pictures
+# (timeline-*.svg) beside it.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
@@ -30,6 +40,19 @@ source "${RBDF_ROOT}/hack/lib/build.sh"
 
 rbdf::lines::setup "${LINE:-}"
 rbdf::tree::ensure
+mkdir -p "${RBDF_OUTPUT}/e2e"
+# The suites remove what earlier runs left on the machine (namespaces,
+# cgroups, devices), whichever checkout they came from: a second run at the
+# same time would tear down the first. flock -o keeps the lock in flock
+# itself, not in the daemons the run starts (one left behind would lock
+# out the run that cleans it up).
+lock="${RBDF_E2E_LOCK:-/run/lock/kube-rbd-failover-e2e.lock}"
+if [[ -z "${RBDF_E2E_LOCKED:-}" ]]; then
+  rc=0
+  RBDF_E2E_LOCKED=1 flock -n -o -E 75 "${lock}" "${BASH_SOURCE[0]}" "$@" || rc=$?
+  ((rc != 75)) || rbdf::log::fatal "another e2e run on this machine holds ${lock}"
+  exit "${rc}"
+fi
 run="$(date -u +%Y%m%dT%H%M%SZ)"
 export E2E_DIR="${RBDF_OUTPUT}/e2e/${run}"
 export WATCH_TIMEOUT="${WATCH_TIMEOUT:-10}"
@@ -62,10 +85,12 @@ export E2E_KUBELET_VERSION_PATCHED="${RBDF_VERSION}"
 export E2E_KUBELET_VERSION_STOCK="${RBDF_KUBE_VERSION}"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
+read -ra packages <<< "${E2E_PACKAGES:-./test/e2e/...}"
+run_args=()
+[[ -z "${E2E_RUN:-}" ]] || run_args=(-run "${E2E_RUN}")
 e2e() {
-  # shellcheck disable=SC2086 # a list of packages
-  rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" test -json -count=1 -timeout 30m -tags "${RBDF_GOTAGS}" \
-    ${E2E_RUN:+-run "${E2E_RUN}"} ${E2E_PACKAGES:-./test/e2e/...} 2>&1
+  rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" test -json -count=1 -timeout "${E2E_TIMEOUT:-30m}" \
+    -tags "${RBDF_GOTAGS}" "${run_args[@]}" "${packages[@]}" 2>&1
 }
 
 # The frozen-holder test once more with the plugin of the stock tree: the
@@ -78,7 +103,7 @@ e2e_stock_plugin() {
 
 start="$(date +%s)"
 rbdf::test::gojson "e2e (${RBDF_LINE}, Ceph + control plane)" "${E2E_DIR}/failed" e2e
-if [[ -z "${E2E_PACKAGES:-}" ]]; then
+if [[ " ${packages[*]} " == *" ./test/e2e/... "* || " ${packages[*]} " == *" ./test/e2e/node "* ]]; then
   rbdf::test::gojson "e2e (${RBDF_LINE}, node side, stock plugin)" "${E2E_DIR}/failed-stock" e2e_stock_plugin
   cat "${E2E_DIR}/failed-stock" >> "${E2E_DIR}/failed"
 fi

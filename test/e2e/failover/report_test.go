@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/controlplane"
 )
 
 // row is one scenario against one build in the report.
@@ -76,8 +78,9 @@ func (r *report) header(cephVersion, kubeVersion string, watchTimeout, cephReady
 		"",
 		fmt.Sprintf("- Ceph %s (1 mon, 1 memstore OSD, 127.0.0.1), osd_client_watch_timeout %v; started in %v",
 			cephVersion, watchTimeout, cephReady.Round(100*time.Millisecond)),
-		fmt.Sprintf("- etcd and kube-apiserver %s started in %v; kube-controller-manager: node-monitor-grace-period 10s, "+
-			"controllers attachdetach, nodelifecycle, taint-eviction-controller, podgc", kubeVersion, cpReady.Round(100*time.Millisecond)),
+		fmt.Sprintf("- etcd and kube-apiserver %s started in %v; kube-controller-manager: node-monitor-grace-period %v, "+
+			"controllers attachdetach, nodelifecycle, taint-eviction-controller, podgc", kubeVersion, cpReady.Round(100*time.Millisecond),
+			controlplane.NodeMonitorGracePeriod),
 		"- nodes: test/e2e/cmd/rbd-node-agent (heartbeat 1 s; the RBD plugin's WaitForAttach of the row's build; the real rbd map, then a librbd client as the mapping, writing a record every 200 ms as the pod's application)",
 		"")
 }

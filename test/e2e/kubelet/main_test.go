@@ -58,6 +58,12 @@ var env struct {
 	watchTimeout time.Duration
 }
 
+// nodesDir holds the nodes' directories: a short path, whatever the
+// checkout's, since the kubelet makes unix sockets under its root directory
+// (a socket path has at most 107 bytes). One e2e run at a time uses it
+// (hack/test-e2e.sh holds a machine-wide lock); the next run cleans it.
+const nodesDir = "/run/kube-rbd-failover-e2e/nodes"
+
 // binaryVars name the binaries, from the environment hack/test-e2e.sh sets.
 var binaryVars = []string{"E2E_ETCD", "E2E_KUBE_APISERVER", "E2E_KCM_PATCHED", "E2E_KCM_STOCK", "E2E_KUBELET_PATCHED",
 	"E2E_KUBELET_STOCK", "E2E_FAKE_CRI", "E2E_RBD_SHIM"}
@@ -88,12 +94,18 @@ func run(m *testing.M) int {
 		// their devices, FUSE connections and Ceph clients first, then
 		// their cgroups; RunInHub removes their namespaces, makes the hub
 		// and runs the suite again inside it.
-		leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "*", "kubelet", "nodes", "*"))
-		for _, d := range leftovers {
-			kubelet.Cleanup(d)
+		removeLeftovers := func() {
+			leftovers, _ := filepath.Glob(filepath.Join(nodesDir, "*"))
+			for _, d := range leftovers {
+				kubelet.Cleanup(d)
+			}
+			freezer.RemoveLeftovers()
 		}
-		freezer.RemoveLeftovers()
-		code, err := netns.RunInHub("kubelet")
+		removeLeftovers()
+		_ = os.RemoveAll(nodesDir)
+		// Again once the suite has ended, however it ended (a timeout's
+		// panic skips its own teardown).
+		code, err := netns.RunInHub("kubelet", removeLeftovers)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -165,7 +177,7 @@ func setUp(m *testing.M) int {
 	}
 	env.nodes = kubelet.Options{Kubelet: os.Getenv("E2E_KUBELET_PATCHED"), FakeCRI: os.Getenv("E2E_FAKE_CRI"),
 		RbdShim: os.Getenv("E2E_RBD_SHIM"), Kubeconfig: env.cp.Kubeconfig,
-		Dir: filepath.Join(env.dir, "nodes"), LogDir: filepath.Join(env.dir, "log"),
+		Dir: nodesDir, LogDir: filepath.Join(env.dir, "log"),
 		Env: []string{"CEPH_CONF=" + emptyConf}, Hub: env.hub, NodeMonitorGracePeriod: controlplane.NodeMonitorGracePeriod}
 	client := env.cp.Client
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}},

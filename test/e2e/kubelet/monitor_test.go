@@ -34,12 +34,27 @@ import (
 // monitorInterval is how often the monitor samples.
 const monitorInterval = 300 * time.Millisecond
 
+// expectation is what a scenario's monitor must find.
+type expectation int
+
+const (
+	// expectNoDouble: no sample may see two writers.
+	expectNoDouble expectation = iota
+	// expectDouble: the row shows the hazard (stock with ReadWriteMany):
+	// some sample must see two writers.
+	expectDouble
+)
+
 // monitor is a scenario's safety verdict and its timeline's source. It
-// reads the image's watchers itself (rbd status as the admin): two at once
-// is a double mapping, whichever node claims them (every mapping here is
-// read-write). It also follows, from the API, the nodes' Ready condition,
-// the pods, the attachments and the events, and each running node's mounts
-// of the image. A watcher sample that cannot be read fails the run.
+// counts two kinds of double mapping, whichever node claims them (every
+// mapping here is read-write): two watchers on the image at once (rbd
+// status as the admin), and two mappings on the nodes at once whose
+// clients are not blocklisted, whether or not they still watch: a frozen
+// or cut-off node's mapping has lost its watch but writes again when it
+// comes back, unless it is fenced (invariant 7). It also follows, from the
+// API, the nodes' Ready condition, the pods, the attachments and the
+// events, and each running node's mounts. A sample that cannot be read
+// fails the run.
 type monitor struct {
 	s    *scenario
 	done chan struct{}
@@ -48,9 +63,11 @@ type monitor struct {
 
 	mu      sync.Mutex
 	samples int
-	doubles int
-	double  string
-	errors  []string
+	// doubles count samples with two watchers, unfenced samples with two
+	// mappings whose clients are not blocklisted.
+	doubles, unfenced int
+	double            string
+	errors            []string
 	// last is the last value seen of each followed thing, by key.
 	last map[string]string
 	// seenEvents are the API events already on the timeline.
@@ -115,8 +132,8 @@ func (m *monitor) sample() {
 	if err == nil {
 		owners := map[uint64]string{}
 		for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
-			for _, c := range n.Clients() {
-				owners[c] = s.lane(n)
+			for _, mp := range n.Mappings() {
+				owners[mp.Client] = s.lane(n)
 			}
 		}
 		var names []string
@@ -143,6 +160,7 @@ func (m *monitor) sample() {
 			m.mu.Unlock()
 		}
 	}
+	m.sampleMappings(ctx)
 	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
 		lane := s.lane(n)
 		node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
@@ -160,7 +178,7 @@ func (m *monitor) sample() {
 				attachedState = "detached from " + lane
 			}
 			for _, a := range node.Status.VolumesAttached {
-				if strings.HasSuffix(string(a.Name), "-image-"+s.claim) {
+				if a.Name == s.volumeName() {
 					attachedState = "attached to " + lane
 				}
 			}
@@ -180,7 +198,7 @@ func (m *monitor) sample() {
 			}
 		}
 	}
-	for _, p := range s.pods {
+	for _, p := range s.podList() {
 		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
 		now := time.Now()
 		state := ""
@@ -216,7 +234,7 @@ func (m *monitor) events(ctx context.Context) {
 	}
 	for _, e := range evs.Items {
 		var pod *v1.Pod
-		for _, p := range s.pods {
+		for _, p := range s.podList() {
 			if p.UID == e.InvolvedObject.UID {
 				pod = p
 			}
@@ -246,14 +264,57 @@ func (m *monitor) events(ctx context.Context) {
 	}
 }
 
-// verdict fails the scenario on a double mapping (unless the row shows the
-// hazard) or on samples that could not be read.
-func (m *monitor) verdict(expectDoubles bool) {
+// sampleMappings counts a sample in which two nodes hold a mapping of the
+// image whose client is not blocklisted.
+func (m *monitor) sampleMappings(ctx context.Context) {
+	s := m.s
+	var mapped []string
+	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
+		for _, mp := range n.Mappings() {
+			mapped = append(mapped, mp.Address)
+		}
+	}
+	if len(mapped) < 2 {
+		return
+	}
+	fenced, err := env.cluster.BlocklistedAddresses(ctx)
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.errors = append(m.errors, fmt.Sprintf("%s: %v", now.Format(time.RFC3339Nano), err))
+		return
+	}
+	live := 0
+	for _, addr := range mapped {
+		if addr == "" || !fenced[addr] {
+			live++
+		}
+	}
+	if live > 1 {
+		m.unfenced++
+		if m.unfenced == 1 {
+			s.tl.Add(now, laneCeph, "two unfenced mappings")
+		}
+	}
+}
+
+// verdict fails the scenario on a double mapping where none may be, on
+// none where the row must show the hazard, and on samples that could not
+// be read.
+func (m *monitor) verdict(want expectation) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.s.t
-	if m.doubles > 0 && !expectDoubles {
+	if want == expectNoDouble && m.doubles > 0 {
 		t.Errorf("double mapping: %d of %d samples saw two watchers on %s; first %s", m.doubles, m.samples, m.s.claim, m.double)
+	}
+	if want == expectNoDouble && m.unfenced > 0 {
+		t.Errorf("double mapping: %d of %d samples saw two nodes holding mappings of %s whose clients are not blocklisted",
+			m.unfenced, m.samples, m.s.claim)
+	}
+	if want == expectDouble && m.unfenced == 0 {
+		t.Errorf("the hazard did not show: no sample saw two unfenced mappings of %s", m.s.claim)
 	}
 	if len(m.errors) > 0 {
 		t.Errorf("the safety monitor could not read the image's watchers %d of %d times; first: %s", len(m.errors), m.samples, m.errors[0])

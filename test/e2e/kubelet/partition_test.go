@@ -35,7 +35,7 @@ func eachBuild(t *testing.T, name string, run func(s *scenario)) {
 		t.Run(build, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 			defer cancel()
-			s := newScenario(ctx, t, name, build, v1.ReadWriteOnce)
+			s := newScenario(ctx, t, name, variant{build: build})
 			runs = append(runs, s)
 			run(s)
 		})
@@ -108,7 +108,7 @@ func TestPartitionFromTheAPIServer(t *testing.T) {
 		s.outcome = fmt.Sprintf("while cut off: %s; healed: app-2 Running on node-b %v later (%s), %d/%d records",
 			map[string]string{patched: "node-b's gate refused, naming node-a's client", stock: "Multi-Attach error"}[s.build],
 			running.Sub(healed).Round(100*time.Millisecond), how, found, synced)
-		s.finish(false)
+		s.finish(expectNoDouble)
 	})
 }
 
@@ -152,6 +152,65 @@ func TestPartitionFromCeph(t *testing.T) {
 		s.note("event: %s", msg)
 		s.outcome = fmt.Sprintf("node-a's watch expired %v after the cut, node-a stayed Ready: Multi-Attach error, nothing attached or mapped on node-b for %v",
 			expired.Sub(cut).Round(100*time.Millisecond), 2*env.watchTimeout)
-		s.finish(false)
+		s.finish(expectNoDouble)
+	})
+}
+
+// TestSecondPodWhileBothNodesAreReady: every node Ready, a second pod for
+// the claim on node-b (a rolling update). Both builds: upstream's
+// Multi-Attach error, nothing attached or mapped on node-b (invariant 3).
+func TestSecondPodWhileBothNodesAreReady(t *testing.T) {
+	eachBuild(t, "healthy-race", func(s *scenario) {
+		t := s.t
+		podA := s.createPod(s.nodeA)
+		s.waitRunning(podA, podRunningTimeout)
+		s.tl.SetStart(time.Now())
+		podB := s.createPod(s.nodeB)
+		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(s.nodeB) || len(s.nodeB.Devices()) > 0 }) {
+			t.Errorf("the volume was attached to or mapped on node-b while node-a ran the pod")
+		}
+		s.note("event: %s", msg)
+		s.outcome = fmt.Sprintf("Multi-Attach error, nothing attached or mapped on node-b for %v", 2*env.watchTimeout)
+		s.finish(expectNoDouble)
+	})
+}
+
+// TestShortNotReady: node-a loses the API server for a while (a kubelet
+// restart, a short partition) but its pod is not evicted (it tolerates an
+// unreachable node for upstream's 300 s), while a second pod for the claim
+// waits on node-b. Both builds: Multi-Attach while node-a is NotReady; once
+// it is Ready again the volume is attached to node-a only, its pod runs.
+func TestShortNotReady(t *testing.T) {
+	eachBuild(t, "short-notready", func(s *scenario) {
+		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
+		podA := s.createPod(nodeA, tolerateUnreachable(300*time.Second))
+		s.waitRunning(podA, podRunningTimeout)
+		s.tl.SetStart(time.Now())
+		s.tl.Mark(laneA, "cut off from the API server")
+		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
+			t.Fatal(err)
+		}
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		podB := s.createPod(nodeB)
+		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+		if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
+			t.Errorf("the volume was attached to or mapped on node-b while node-a was only NotReady")
+		}
+		s.tl.Mark(laneA, "partition healed")
+		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
+			t.Fatal(err)
+		}
+		poll(ctx, t, "node-a Ready again", failoverTimeout(), func(ctx context.Context) (bool, error) { return ready(ctx, nodeA), nil })
+		if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 || !s.attached(nodeA) }) {
+			t.Errorf("after node-a came back the volume is not attached to node-a only")
+		}
+		p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+		if err != nil || p.DeletionTimestamp != nil || p.Status.Phase != v1.PodRunning {
+			t.Errorf("node-a's pod did not keep running: %v", err)
+		}
+		s.note("event: %s", msg)
+		s.outcome = "Multi-Attach error while node-a was NotReady; attached to node-a only once it was Ready again, its pod Running"
+		s.finish(expectNoDouble)
 	})
 }

@@ -62,28 +62,25 @@ func podMountedVolume(ctx context.Context, t *testing.T, n *kubelet.Node, pod *v
 //   - stock with the PV marked ReadWriteMany (the workaround): node-b maps
 //     once the watch expired, without a fence; node-a's write after it woke
 //     up lands on the image under node-b's filesystem. The hazard.
+//   - patched, with a stock kubelet on node-b (kubelets not upgraded yet):
+//     the controller refuses the failover and says why
+//     (FencedFailoverRefused), with upstream's Multi-Attach error.
 func TestPowerOff(t *testing.T) {
 	var runs []*scenario
-	for _, row := range []struct {
-		build string
-		mode  v1.PersistentVolumeAccessMode
-	}{{stock, v1.ReadWriteOnce}, {stock, v1.ReadWriteMany}, {patched, v1.ReadWriteOnce}} {
-		name := row.build
-		if row.mode == v1.ReadWriteMany {
-			name += "-rwx"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, r := range []variant{{build: stock}, {build: stock, mode: v1.ReadWriteMany}, {build: patched},
+		{build: patched, targetKubelet: stock}} {
+		t.Run(r.id(), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 			defer cancel()
-			s := newScenario(ctx, t, "power-off", row.build, row.mode)
+			s := newScenario(ctx, t, "power-off", r)
 			runs = append(runs, s)
-			testPowerOff(s, row.mode)
+			testPowerOff(s, r)
 		})
 	}
 	drawTimelines(t, "power-off", runs...)
 }
 
-func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
+func testPowerOff(s *scenario, r variant) {
 	t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 	podA := s.createPod(nodeA, evictionToleration())
 	s.waitRunning(podA, podRunningTimeout)
@@ -131,15 +128,24 @@ func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
 	s.note("NotReady %v after the power-off, evicted %v", notReady.Sub(powerOff).Round(100*time.Millisecond),
 		evicted.Sub(powerOff).Round(100*time.Millisecond))
 
-	if s.build == stock && mode == v1.ReadWriteOnce {
+	if r.targetKubelet == stock || (s.build == stock && r.mode != v1.ReadWriteMany) {
 		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+		s.note("event: %s", msg)
+		what := "stock"
+		if s.build == patched {
+			what = "the patched controller, node-b's kubelet stock"
+			s.note("event: %s", s.event(podB, "FencedFailoverRefused", "does not fence", failoverTimeout()))
+		}
 		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
-			t.Errorf("stock attached or mapped the volume on node-b")
+			t.Errorf("%s attached or mapped the volume on node-b", what)
 		}
 		s.outcome = fmt.Sprintf("stuck: Multi-Attach error, app-2 not attached or mapped on node-b for %v (two watch timeouts after the error); app-1 Terminating for good", 2*env.watchTimeout)
-		s.note("event: %s", msg)
+		if s.build == patched {
+			s.outcome = "refused (FencedFailoverRefused: node-b's kubelet does not fence) with the Multi-Attach error; " +
+				fmt.Sprintf("nothing attached or mapped on node-b for %v", 2*env.watchTimeout)
+		}
 		s.tl.Mark(laneControl, "(still nothing on node-b)")
-		s.finish(false)
+		s.finish(expectNoDouble)
 		return
 	}
 
@@ -158,6 +164,25 @@ func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
 	if s.build == stock && fenced {
 		t.Errorf("stock blocklisted node-a's client %s", holderA.Address)
 	}
+	if s.build == patched {
+		// Node-b's own calls, in order: the blocklist before the map.
+		calls, err := nodeB.Calls()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fenceAt, mapAt time.Time
+		for _, c := range calls {
+			if c.What == "ceph osd blocklist add" && fenceAt.IsZero() {
+				fenceAt = c.At
+			}
+			if c.What == "rbd map" && mapAt.IsZero() {
+				mapAt = c.At
+			}
+		}
+		if fenceAt.IsZero() || mapAt.IsZero() || !fenceAt.Before(mapAt) {
+			t.Errorf("node-b's blocklist at %v, its map at %v: want the blocklist first", fenceAt, mapAt)
+		}
+	}
 
 	// Node-a wakes up: its client writes once more through its old mount.
 	// A fenced client's write may fail or hang: it gets 30 s.
@@ -165,6 +190,11 @@ func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
 	s.tl.Mark(laneA, "wakes up")
 	if err := nodeA.WakeUp(); err != nil {
 		t.Fatal(err)
+	}
+	// The stale write must come from node-a's own client, alive: a client
+	// that died frozen would fail any write, fenced or not.
+	if !kubelet.Alive(clients[0]) {
+		t.Fatalf("node-a's Ceph client (pid %d) did not survive the power-off: the stale write would prove nothing", clients[0])
 	}
 	staleCtx, staleCancel := context.WithTimeout(ctx, 30*time.Second)
 	staleOut, staleErr := kubelet.InClientNS(staleCtx, clients[0], "sh", "-c",
@@ -177,7 +207,11 @@ func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
 	time.Sleep(time.Until(woke.Add(2 * env.watchTimeout)))
 	// Straight from the image: node-b never wrote the marker block, so
 	// whatever is there is node-a's.
-	landed := string(imageBytes(ctx, t, s.claim, markerOffset, 4096)) != strings.Repeat("A", 4096)
+	block := string(imageBytes(ctx, t, s.claim, markerOffset, 4096))
+	landed := block == strings.Repeat("S", 4096)
+	if !landed && block != strings.Repeat("A", 4096) {
+		t.Errorf("the marker block reads %q…: neither node-a's old block nor its stale write", clip([]byte(block)))
+	}
 	if landed {
 		s.tl.Mark(laneCeph, "node-a's stale write landed on the image")
 	}
@@ -187,9 +221,9 @@ func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
 		if landed {
 			t.Errorf("node-a's write after it woke up is on the image: node-b should have fenced it")
 		}
-		s.outcome = fmt.Sprintf("failed over: app-2 Running on node-b %v after the power-off, %d/%d records there; node-a fenced, its write after waking failed and is not on the image",
+		s.outcome = fmt.Sprintf("failed over: app-2 Running on node-b %v after the power-off, %d/%d records there; node-a fenced before node-b's map, its write after waking failed and is not on the image",
 			running.Sub(powerOff).Round(100*time.Millisecond), found, synced)
-		s.finish(false)
+		s.finish(expectNoDouble)
 		return
 	}
 	if !landed {
@@ -197,7 +231,7 @@ func testPowerOff(s *scenario, mode v1.PersistentVolumeAccessMode) {
 	}
 	s.outcome = fmt.Sprintf("app-2 Running on node-b %v after the power-off, no fence; node-a woke up and its write landed on the image under node-b's filesystem",
 		running.Sub(powerOff).Round(100*time.Millisecond))
-	s.finish(true)
+	s.finish(expectDouble)
 }
 
 func staleResult(out []byte, err error) string {

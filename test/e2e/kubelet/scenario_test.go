@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,6 +56,8 @@ var scenarios = map[string]string{
 	"api-partition": "node-a cut off from the API server only (Ceph kept); its pod evicted; replacement on node-b; partition healed",
 	"ceph-partition": "node-a cut off from Ceph only (API kept): its watch expires while it runs the pod; " +
 		"a second pod for the claim on node-b",
+	"healthy-race":   "every node Ready; a second pod for the claim on node-b",
+	"short-notready": "node-a NotReady for a while (API cut off), its pod not evicted; a second pod for the claim on node-b; node-a back",
 }
 
 // useControllerManager makes the running kube-controller-manager build's.
@@ -84,28 +87,64 @@ type scenario struct {
 	claim        string
 	tl           *timeline.Timeline
 	mon          *monitor
-	pods         []*v1.Pod
-	outcome      string
-	notes        []string
+	// pods are the scenario's pods in order; the monitor reads them.
+	podsMu  sync.Mutex
+	pods    []*v1.Pod
+	outcome string
+	notes   []string
 }
 
-// newScenario starts it; mode is the PV's access mode (ReadWriteMany: the
-// workaround users apply to stock).
-func newScenario(ctx context.Context, t *testing.T, name, build string, mode v1.PersistentVolumeAccessMode) *scenario {
-	t.Helper()
-	useControllerManager(ctx, t, build)
-	id := name + "-" + build
-	if mode == v1.ReadWriteMany {
+// variant says what a scenario runs: build is kube-controller-manager's and the
+// kubelets', mode the PV's access mode (ReadWriteMany: the workaround users
+// apply to stock), targetKubelet node-b's kubelet if not build's (an
+// upgrade half done).
+type variant struct {
+	build         string
+	mode          v1.PersistentVolumeAccessMode
+	targetKubelet string
+}
+
+// id names the run in node, volume and subtest names.
+func (r variant) id() string {
+	id := r.build
+	if r.mode == v1.ReadWriteMany {
 		id += "-rwx"
 	}
-	s := &scenario{t: t, ctx: ctx, name: name, build: build}
-	title := build
-	if mode == v1.ReadWriteMany {
+	if r.targetKubelet != "" && r.targetKubelet != r.build {
+		id += "-" + r.targetKubelet + "-target"
+	}
+	return id
+}
+
+// title names the run in the report and the pictures.
+func (r variant) title() string {
+	title := r.build
+	if r.mode == v1.ReadWriteMany {
 		title += " (PV ReadWriteMany)"
 	}
-	s.tl = timeline.New(title, laneControl, laneA, laneB, laneCeph)
-	s.nodeA = startNode(ctx, t, id+"-a", build)
-	s.nodeB = startNode(ctx, t, id+"-b", build)
+	if r.targetKubelet != "" && r.targetKubelet != r.build {
+		title += ", node-b's kubelet " + r.targetKubelet
+	}
+	return title
+}
+
+// newScenario starts scenario name for r.
+func newScenario(ctx context.Context, t *testing.T, name string, r variant) *scenario {
+	t.Helper()
+	useControllerManager(ctx, t, r.build)
+	id := name + "-" + r.id()
+	s := &scenario{t: t, ctx: ctx, name: name, build: r.build}
+	s.tl = timeline.New(r.title(), laneControl, laneA, laneB, laneCeph)
+	target := r.targetKubelet
+	if target == "" {
+		target = r.build
+	}
+	s.nodeA = startNode(ctx, t, id+"-a", r.build)
+	s.nodeB = startNode(ctx, t, id+"-b", target)
+	mode := r.mode
+	if mode == "" {
+		mode = v1.ReadWriteOnce
+	}
 	s.claim = createVolume(ctx, t, id, mode)
 	s.mon = startMonitor(s)
 	t.Cleanup(s.mon.stop)
@@ -123,15 +162,27 @@ func (s *scenario) lane(n *kubelet.Node) string {
 // createPod creates the scenario's next pod (app-1, app-2, …) on n.
 func (s *scenario) createPod(n *kubelet.Node, opts ...podOption) *v1.Pod {
 	s.t.Helper()
-	p := createPod(s.ctx, s.t, fmt.Sprintf("%s-app-%d", s.claim, len(s.pods)+1), s.claim, n, opts...)
+	s.podsMu.Lock()
+	next := len(s.pods) + 1
+	s.podsMu.Unlock()
+	p := createPod(s.ctx, s.t, fmt.Sprintf("%s-app-%d", s.claim, next), s.claim, n, opts...)
+	s.podsMu.Lock()
 	s.pods = append(s.pods, p)
-	s.tl.Mark(laneControl, "pod app-%d created on %s", len(s.pods), s.lane(n))
+	s.podsMu.Unlock()
+	s.tl.Mark(laneControl, "pod app-%d created on %s", next, s.lane(n))
 	return p
+}
+
+// podList is a copy of the scenario's pods.
+func (s *scenario) podList() []*v1.Pod {
+	s.podsMu.Lock()
+	defer s.podsMu.Unlock()
+	return append([]*v1.Pod(nil), s.pods...)
 }
 
 // appName is "app-N" for the report.
 func (s *scenario) appName(p *v1.Pod) string {
-	for i, q := range s.pods {
+	for i, q := range s.podList() {
 		if q.UID == p.UID {
 			return fmt.Sprintf("app-%d", i+1)
 		}
@@ -139,13 +190,22 @@ func (s *scenario) appName(p *v1.Pod) string {
 	return p.Name
 }
 
-// running waits until p is Running.
+// waitRunning waits until p is Running, and checks that its node's status
+// lists the volume as attached (which keeps attached() honest).
 func (s *scenario) waitRunning(p *v1.Pod, timeout time.Duration) time.Time {
 	s.t.Helper()
-	return poll(s.ctx, s.t, s.appName(p)+" Running", timeout, func(ctx context.Context) (bool, error) {
+	at := poll(s.ctx, s.t, s.appName(p)+" Running", timeout, func(ctx context.Context) (bool, error) {
 		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
 		return err == nil && q.Status.Phase == v1.PodRunning, nil
 	})
+	n := s.nodeA
+	if p.Spec.NodeName == s.nodeB.Name {
+		n = s.nodeB
+	}
+	if !s.attached(n) {
+		s.t.Errorf("%s Running on %s, whose status does not list %s as attached", s.appName(p), s.lane(n), s.volumeName())
+	}
+	return at
 }
 
 // ready reports whether n's Node is Ready.
@@ -162,6 +222,12 @@ func ready(ctx context.Context, n *kubelet.Node) bool {
 	return false
 }
 
+// volumeName is the volume's unique name in the controller's state and
+// the Node's status: the RBD plugin's "pool:image".
+func (s *scenario) volumeName() v1.UniqueVolumeName {
+	return v1.UniqueVolumeName("kubernetes.io/rbd/rbd:" + s.claim)
+}
+
 // attached reports whether the volume is in n's status.volumesAttached.
 func (s *scenario) attached(n *kubelet.Node) bool {
 	node, err := env.cp.Client.CoreV1().Nodes().Get(s.ctx, n.Name, metav1.GetOptions{})
@@ -169,7 +235,7 @@ func (s *scenario) attached(n *kubelet.Node) bool {
 		return false
 	}
 	for _, a := range node.Status.VolumesAttached {
-		if strings.HasSuffix(string(a.Name), "-image-"+s.claim) {
+		if a.Name == s.volumeName() {
 			return true
 		}
 	}
@@ -254,7 +320,7 @@ func (s *scenario) note(format string, args ...interface{}) {
 
 // finish stops the monitor, adds the nodes' rbd and ceph calls to the
 // timeline, checks the safety verdict and reports the run.
-func (s *scenario) finish(expectDoubles bool) {
+func (s *scenario) finish(want expectation) {
 	s.mon.stop()
 	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
 		calls, err := n.Calls()
@@ -265,13 +331,13 @@ func (s *scenario) finish(expectDoubles bool) {
 			s.tl.Add(c.At, s.lane(n), "%s", c.What)
 		}
 	}
-	s.mon.verdict(expectDoubles)
+	s.mon.verdict(want)
 	report("- %s, %s: %s\n", s.name, s.tl.Title, s.outcome)
 	for _, n := range s.notes {
 		report("  - %s\n", n)
 	}
-	report("  - double mappings: %d of %d samples; timeline (s after the failure):\n%s", s.mon.doubles, s.mon.samples,
-		s.tl.Markdown())
+	report("  - double mappings: %d of %d samples saw two watchers, %d two unfenced mappings; timeline (s after the failure):\n%s",
+		s.mon.doubles, s.mon.samples, s.mon.unfenced, s.tl.Markdown())
 }
 
 // drawTimelines writes the scenario's picture, its builds side by side,

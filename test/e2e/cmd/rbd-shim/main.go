@@ -69,6 +69,8 @@ type mapping struct {
 	// frozen client would hang in the kernel for good.
 	FuseConn uint32 `json:"fuseConn"`
 	Client   uint64 `json:"client"`
+	// Address is the client's, as a blocklist names it.
+	Address  string `json:"address"`
 	ReadOnly bool   `json:"readOnly"`
 }
 
@@ -107,6 +109,18 @@ func main() {
 		fmt.Fprintf(os.Stderr, "rbd-shim: exec %s: %v\n", real, err)
 		os.Exit(1)
 	}
+}
+
+// redact hides a key given on argv (the stock plugin's --key=…).
+func redact(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.HasPrefix(a, "--key=") {
+			a = "--key=<redacted>"
+		}
+		out[i] = a
+	}
+	return out
 }
 
 // callVerbs is how many leading words of a call name it ("rbd image-meta
@@ -180,7 +194,7 @@ func parseMap(args []string) (mapArgs, error) {
 		m.pool, m.image = p, img
 	}
 	if m.pool == "" || m.image == "" || m.mon == "" {
-		return m, fmt.Errorf("rbd-shim: cannot read pool, image and monitors from %q", args)
+		return m, fmt.Errorf("rbd-shim: cannot read pool, image and monitors from %q", redact(args))
 	}
 	return m, nil
 }
@@ -291,14 +305,14 @@ func mapImage(state string, args []string) (string, error) {
 		undo()
 		return "", fmt.Errorf("losetup gave %q", loop)
 	}
-	client := newWatcher(m, cred, before)
+	client, address := newWatcher(m, cred, before)
 	if client == 0 {
 		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
 		return "", fmt.Errorf("rbd-fuse's watch on %s/%s did not show in rbd status", m.pool, m.image)
 	}
 	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, FuseConn: fuseConn,
-		Client: client, ReadOnly: m.readOnly}
+		Client: client, Address: address, ReadOnly: m.readOnly}
 	if err := publish(state, n, mp, m); err != nil {
 		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
@@ -308,8 +322,8 @@ func mapImage(state string, args []string) (string, error) {
 	return fmt.Sprintf("/dev/rbd%d", n), nil
 }
 
-// watchers returns the client ids watching the image.
-func watchers(m mapArgs, cred []string) (map[uint64]bool, error) {
+// watchers returns the addresses of the clients watching the image, by id.
+func watchers(m mapArgs, cred []string) (map[uint64]string, error) {
 	args := append([]string{"status", m.pool + "/" + m.image, "--format=json"}, cred...)
 	out, err := exec.Command(realRbd, args...).Output()
 	if err != nil {
@@ -317,34 +331,35 @@ func watchers(m mapArgs, cred []string) (map[uint64]bool, error) {
 	}
 	var st struct {
 		Watchers []struct {
-			Client uint64 `json:"client"`
+			Client  uint64 `json:"client"`
+			Address string `json:"address"`
 		} `json:"watchers"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
 		return nil, fmt.Errorf("rbd status %q: %w", out, err)
 	}
-	ids := map[uint64]bool{}
+	ids := map[uint64]string{}
 	for _, w := range st.Watchers {
-		ids[w.Client] = true
+		ids[w.Client] = w.Address
 	}
 	return ids, nil
 }
 
 // newWatcher returns the client that started watching since before: the
 // rbd-fuse client (0 if it cannot tell).
-func newWatcher(m mapArgs, cred []string, before map[uint64]bool) uint64 {
+func newWatcher(m mapArgs, cred []string, before map[uint64]string) (uint64, string) {
 	for i := 0; i < 50; i++ {
 		now, err := watchers(m, cred)
 		if err == nil {
-			for id := range now {
-				if !before[id] {
-					return id
+			for id, addr := range now {
+				if _, old := before[id]; !old {
+					return id, addr
 				}
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return 0
+	return 0, ""
 }
 
 // publish makes the sysfs entry and the device node, and records the mapping.

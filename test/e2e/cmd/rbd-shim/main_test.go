@@ -61,6 +61,13 @@ func TestParseMap(t *testing.T) {
 	}
 }
 
+func TestParseMapErrorHidesTheKey(t *testing.T) {
+	_, err := parseMap([]string{"map", "img", "--id", "kube", "--key=AQDsecret=="})
+	if err == nil || strings.Contains(err.Error(), "AQDsecret") {
+		t.Errorf("error %v, want one without the key", err)
+	}
+}
+
 func TestLogCallKeepsOnlyTheVerbs(t *testing.T) {
 	state := t.TempDir()
 	logCall(state, "rbd", []string{"status", "rbd/img", "--format=json", "--key=AQDsecret=="})

@@ -26,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -351,19 +352,53 @@ func (c *Cluster) Blocklisted(ctx context.Context, addr string) (bool, error) {
 	return false, nil
 }
 
+// blocklistEntry is one entry of "ceph osd blocklist ls".
+type blocklistEntry struct {
+	Addr  string `json:"addr"`
+	Until string `json:"until"`
+}
+
+// blocklist returns the OSD map's blocklist. Pacific prints two JSON lists
+// one after the other: the addresses, then the address ranges.
+func (c *Cluster) blocklist(ctx context.Context) ([]blocklistEntry, error) {
+	out, err := c.run(ctx, 15*time.Second, "ceph", "osd", "blocklist", "ls", "--format=json")
+	if err != nil {
+		return nil, err
+	}
+	var all []blocklistEntry
+	d := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var entries []blocklistEntry
+		err := d.Decode(&entries)
+		if err == io.EOF {
+			return all, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cannot read ceph osd blocklist ls %q: %w", out, err)
+		}
+		all = append(all, entries...)
+	}
+}
+
+// BlocklistedAddresses returns every address on the blocklist.
+func (c *Cluster) BlocklistedAddresses(ctx context.Context) (map[string]bool, error) {
+	entries, err := c.blocklist(ctx)
+	if err != nil {
+		return nil, err
+	}
+	addrs := map[string]bool{}
+	for _, e := range entries {
+		addrs[e.Addr] = true
+	}
+	return addrs, nil
+}
+
 // BlocklistExpiry returns when addr's blocklist entry expires (false if it
 // has none), from "ceph osd blocklist ls".
 func (c *Cluster) BlocklistExpiry(ctx context.Context, addr string) (time.Time, bool, error) {
-	out, err := c.run(ctx, 15*time.Second, "ceph", "osd", "blocklist", "ls", "--format=json")
+	entries, err := c.blocklist(ctx)
 	if err != nil {
 		return time.Time{}, false, err
-	}
-	var entries []struct {
-		Addr  string `json:"addr"`
-		Until string `json:"until"`
-	}
-	if err := json.Unmarshal(out, &entries); err != nil {
-		return time.Time{}, false, fmt.Errorf("cannot read ceph osd blocklist ls %q: %w", out, err)
 	}
 	for _, e := range entries {
 		if e.Addr != addr {

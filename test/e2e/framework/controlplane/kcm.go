@@ -40,10 +40,15 @@ type ControllerManager struct {
 // node lifecycle controller marks it NotReady: 10 s, or
 // NODE_MONITOR_GRACE_PERIOD seconds (upstream's default is 40).
 var NodeMonitorGracePeriod = func() time.Duration {
-	if n, err := strconv.Atoi(os.Getenv("NODE_MONITOR_GRACE_PERIOD")); err == nil && n > 0 {
-		return time.Duration(n) * time.Second
+	v := os.Getenv("NODE_MONITOR_GRACE_PERIOD")
+	if v == "" {
+		return 10 * time.Second
 	}
-	return 10 * time.Second
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 4 {
+		panic(fmt.Sprintf("NODE_MONITOR_GRACE_PERIOD=%q: want a number of seconds, at least 4", v))
+	}
+	return time.Duration(n) * time.Second
 }()
 
 // StartControllerManager runs binary with the controllers the node-failure

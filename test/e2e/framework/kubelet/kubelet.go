@@ -34,6 +34,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,8 +72,9 @@ type Node struct {
 	opts   Options
 	dir    string
 	cri    *process.Process
-	// poweredOff: PowerOff killed the kubelet (it dies once thawed).
-	poweredOff bool
+	// poweredOff: PowerOff killed the kubelet (it dies once thawed); the
+	// suites' monitors read it.
+	poweredOff atomic.Bool
 	// Kubelet is the kubelet process; its pid names the node's mount
 	// namespace.
 	Kubelet *process.Process
@@ -158,6 +160,7 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 		}
 		return err
 	}); err != nil {
+		n.Stop()
 		return nil, err
 	}
 	if err := n.StartKubelet(ctx); err != nil {
@@ -275,9 +278,9 @@ func (n *Node) FusePids() []int {
 // PowerOff stops the node as a power cut would, as everyone else sees it:
 // every process of the node is frozen at once (its Ceph clients keep their
 // connections open and say nothing; their watches expire), its link goes
-// down (what its kernel still sends, the FINs of the kills below among
-// them, never arrives), and its kubelet and runtime are killed (they die
-// when the node runs again). The Ceph clients stay frozen until WakeUp.
+// down (nothing it sends arrives), and its kubelet and runtime are killed
+// (they die when the node runs again). The Ceph clients stay frozen until
+// WakeUp.
 func (n *Node) PowerOff() error {
 	if err := n.Cgroup.Freeze(10 * time.Second); err != nil {
 		return err
@@ -285,7 +288,7 @@ func (n *Node) PowerOff() error {
 	if err := n.Net.LinkDown(); err != nil {
 		return err
 	}
-	n.poweredOff = true
+	n.poweredOff.Store(true)
 	for _, p := range []*process.Process{n.Kubelet, n.cri} {
 		if !p.Exited() {
 			_ = p.SignalGroup(syscall.SIGKILL)
@@ -315,19 +318,23 @@ func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
 	return cmd.CombinedOutput()
 }
 
-// Clients returns the Ceph client ids of the node's mappings.
-func (n *Node) Clients() []uint64 {
-	var ids []uint64
+// Mapping is one of the node's mappings: the Ceph client behind a device.
+type Mapping struct {
+	Client  uint64 `json:"client"`
+	Address string `json:"address"`
+}
+
+// Mappings returns the node's mappings, as the shim recorded them.
+func (n *Node) Mappings() []Mapping {
+	var mps []Mapping
 	records, _ := filepath.Glob(filepath.Join(n.state(), "rbd*.json"))
 	for _, rec := range records {
-		var mp struct {
-			Client uint64 `json:"client"`
-		}
+		var mp Mapping
 		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.Client > 0 {
-			ids = append(ids, mp.Client)
+			mps = append(mps, mp)
 		}
 	}
-	return ids
+	return mps
 }
 
 // Call is one rbd or ceph call the node's kubelet made, by its verbs.
@@ -357,8 +364,18 @@ func (n *Node) Calls() ([]Call, error) {
 	return calls, nil
 }
 
+// Alive reports whether pid runs (a zombie does not).
+func Alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i >= 0 && !strings.HasPrefix(string(stat[i+1:]), " Z")
+}
+
 // Running reports whether the node's kubelet runs (not killed by a power-off).
-func (n *Node) Running() bool { return !n.poweredOff && n.Kubelet != nil && !n.Kubelet.Exited() }
+func (n *Node) Running() bool { return !n.poweredOff.Load() && n.Kubelet != nil && !n.Kubelet.Exited() }
 
 // Devices returns the /dev/rbdN nodes the node's mappings made.
 func (n *Node) Devices() []string {

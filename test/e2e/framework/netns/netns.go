@@ -21,7 +21,8 @@ limitations under the License.
 // made. Each node is a network namespace joined to the bridge by a veth
 // pair. A node is cut off silently, as a dead link looks from the far end
 // (no FIN, no RST, no ICMP): from everything by taking its link down, or
-// from one service address by blackhole rules on both sides.
+// from one service address by blackhole rules on both sides (on the node
+// itself open connections then time out and new ones fail at once).
 package netns
 
 import (
@@ -30,6 +31,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -82,9 +84,11 @@ func Joined() *Hub {
 
 // RunInHub makes the hub namespace name (after removing whatever an
 // earlier run left), runs this test binary again inside it with the same
-// arguments and output, removes the hub and every node namespace, and
-// returns the child's exit code.
-func RunInHub(name string) (int, error) {
+// arguments and output (passing SIGINT and SIGTERM on), then runs cleanup
+// (what must go before the namespaces: the nodes' devices and frozen
+// processes of a run that was cut short), removes the hub and every node
+// namespace, and returns the child's exit code.
+func RunInHub(name string, cleanup func()) (int, error) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return 0, fmt.Errorf("ip not found: install Debian's iproute2 (hack/install-deps.sh)")
 	}
@@ -95,13 +99,25 @@ func RunInHub(name string) (int, error) {
 		return 0, err
 	}
 	defer RemoveLeftovers()
+	defer cleanup()
 	// nsenter joins the network namespace alone: the mounts stay the
 	// host's (ip netns exec would mount a sysfs of its own over /sys and
 	// hide the cgroup hierarchies).
 	cmd := exec.Command("nsenter", append([]string{"--net=" + Path(h.Name), "--"}, os.Args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), hubEnv+"="+h.Name)
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("run the suite in %s: %w", h.Name, err)
+	}
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(signals)
+	go func() {
+		for sig := range signals {
+			_ = cmd.Process.Signal(sig)
+		}
+	}()
+	err := cmd.Wait()
 	if exit, ok := err.(*exec.ExitError); ok {
 		return exit.ExitCode(), nil
 	}
