@@ -128,59 +128,70 @@ const (
 	rowHeight  = 18
 	timeWidth  = 64
 	laneWidth  = 250
-	headHeight = 44
+	headHeight = 20
 	panelGap   = 24
 	// labelChars fit a lane at about 6.2 px a character of 11 px text; the
 	// whole label is the event's tooltip.
 	labelChars = 36
 )
 
-// SVG draws timelines side by side (say stock, then patched): per panel a
-// time column and one column per lane, one row per event.
+// SVG draws timelines side by side, two to a row (say stock, then
+// patched): per panel a time column and one column per lane, one row per
+// event.
 func SVG(title string, panels ...*Timeline) string {
-	var rows int
-	width := 0
-	for _, p := range panels {
-		if n := len(p.Events()); n > rows {
-			rows = n
+	const perRow = 2
+	width, height := 0, 24
+	var tops []int
+	for i := 0; i < len(panels); i += perRow {
+		rowWidth, events := 0, 0
+		for _, p := range panels[i:min(i+perRow, len(panels))] {
+			rowWidth += timeWidth + laneWidth*len(p.Lanes) + panelGap
+			events = max(events, len(p.Events()))
 		}
-		width += timeWidth + laneWidth*len(p.Lanes) + panelGap
+		width = max(width, rowWidth)
+		tops = append(tops, height)
+		height += headHeight + 24 + events*rowHeight + 12
 	}
-	height := headHeight + 24 + rows*rowHeight + 12
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="8" y="16" font-size="13" font-weight="bold">%s</text>`+"\n", html.EscapeString(title))
-	x0 := 0
-	for _, p := range panels {
-		panelWidth := timeWidth + laneWidth*len(p.Lanes)
-		fmt.Fprintf(&b, `<text x="%d" y="34" font-size="12" font-weight="bold">%s</text>`+"\n", x0+8, html.EscapeString(p.Title))
+	for i, p := range panels {
+		top := tops[i/perRow]
+		bottom := height
+		if i/perRow+1 < len(tops) {
+			bottom = tops[i/perRow+1]
+		}
+		x0 := 0
+		for _, q := range panels[i-i%perRow : i] {
+			x0 += timeWidth + laneWidth*len(q.Lanes) + panelGap
+		}
+		fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="12" font-weight="bold">%s</text>`+"\n", x0+8, top+10, html.EscapeString(p.Title))
 		lanes := map[string]int{}
-		for i, l := range p.Lanes {
-			lanes[l] = i
-			x := x0 + timeWidth + i*laneWidth
-			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s"/>`+"\n", x, headHeight, laneWidth-4,
-				height-headHeight-8, []string{"#f4f6fb", "#f7f7f2"}[i%2])
-			fmt.Fprintf(&b, `<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", x+6, headHeight+14, html.EscapeString(l))
+		for j, l := range p.Lanes {
+			lanes[l] = j
+			x := x0 + timeWidth + j*laneWidth
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s"/>`+"\n", x, top+20, laneWidth-4,
+				bottom-top-28, []string{"#f4f6fb", "#f7f7f2"}[j%2])
+			fmt.Fprintf(&b, `<text x="%d" y="%d" font-weight="bold">%s</text>`+"\n", x+6, top+34, html.EscapeString(l))
 		}
 		for r, e := range p.Events() {
-			y := headHeight + 24 + r*rowHeight + 12
+			y := top + 44 + r*rowHeight + 12
 			fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#555">%s</text>`+"\n", x0+8, y, p.offset(e.At))
-			i, ok := lanes[e.Lane]
+			j, ok := lanes[e.Lane]
 			if !ok {
 				continue
 			}
-			x := x0 + timeWidth + i*laneWidth
+			x := x0 + timeWidth + j*laneWidth
 			color := "#1f5fbf"
 			if strings.Contains(e.What, "Multi-Attach") || strings.Contains(e.What, "refused") ||
-				strings.Contains(e.What, "landed") || strings.Contains(e.What, "double") {
+				strings.Contains(e.What, "landed") || strings.Contains(e.What, "double") || strings.Contains(e.What, "unfenced") {
 				color = "#b3261e"
 			}
 			fmt.Fprintf(&b, `<circle cx="%d" cy="%d" r="3" fill="%s"/>`+"\n", x+8, y-4, color)
 			fmt.Fprintf(&b, `<text x="%d" y="%d" fill="%s"><title>%s</title>%s</text>`+"\n", x+15, y, color,
 				html.EscapeString(e.What), html.EscapeString(clip(e.What, labelChars)))
 		}
-		x0 += panelWidth + panelGap
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
