@@ -27,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
 // podMountedVolume returns where the kubelet mounted claim for pod.
@@ -193,7 +194,7 @@ func testPowerOff(s *scenario, r variant) {
 	}
 	// The stale write must come from node-a's own client, alive: a client
 	// that died frozen would fail any write, fenced or not.
-	if !kubelet.Alive(clients[0]) {
+	if !process.Alive(clients[0]) {
 		t.Fatalf("node-a's Ceph client (pid %d) did not survive the power-off: the stale write would prove nothing", clients[0])
 	}
 	staleCtx, staleCancel := context.WithTimeout(ctx, 30*time.Second)

@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
 const (
@@ -424,7 +425,7 @@ func unmap(state, target string) error {
 		}
 		_ = exec.Command("umount", mp.Mount).Run()
 		// rbd-fuse closes the image (and its watch) as it exits.
-		for i := 0; i < 100 && running(mp.FusePid); i++ {
+		for i := 0; i < 100 && process.Alive(mp.FusePid); i++ {
 			time.Sleep(50 * time.Millisecond)
 		}
 		_ = syscall.Kill(mp.FusePid, syscall.SIGKILL)
@@ -434,17 +435,6 @@ func unmap(state, target string) error {
 		return os.Remove(rec)
 	}
 	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
-}
-
-// running reports whether pid has not exited: rbd-fuse outlives the shim
-// that started it, and nothing may reap it, so a zombie counts as exited.
-func running(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(stat, ')')
-	return i >= 0 && !bytes.HasPrefix(stat[i+1:], []byte(" Z"))
 }
 
 // fuseConnection returns the number of the FUSE connection mounted at mnt

@@ -364,16 +364,6 @@ func (n *Node) Calls() ([]Call, error) {
 	return calls, nil
 }
 
-// Alive reports whether pid runs (a zombie does not).
-func Alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(stat), ')')
-	return i >= 0 && !strings.HasPrefix(string(stat[i+1:]), " Z")
-}
-
 // Running reports whether the node's kubelet runs (not killed by a power-off).
 func (n *Node) Running() bool { return !n.poweredOff.Load() && n.Kubelet != nil && !n.Kubelet.Exited() }
 

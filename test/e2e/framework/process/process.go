@@ -102,6 +102,17 @@ func StartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
+// Alive reports whether pid runs: a zombie (a process that ended and that
+// nobody reaped, such as a daemon whose parent is gone) does not.
+func Alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i >= 0 && !bytes.HasPrefix(stat[i+1:], []byte(" Z"))
+}
+
 // Record adds a daemon started elsewhere (the Ceph daemons) to the registry.
 func Record(pid int, bin string) {
 	registryMu.Lock()
