@@ -222,6 +222,10 @@ func testPowerOff(s *scenario, r variant) {
 		if landed {
 			t.Errorf("node-a's write after it woke up is on the image: node-b should have fenced it")
 		}
+		// A fenced client's write fails (or hangs until the 30 s bound).
+		if staleErr == nil {
+			t.Errorf("node-a's write after it woke up was acknowledged: its client should be fenced")
+		}
 		s.outcome = fmt.Sprintf("failed over: app-2 Running on node-b %v after the power-off, %d/%d records there; node-a fenced before node-b's map, its write after waking failed and is not on the image",
 			running.Sub(powerOff).Round(100*time.Millisecond), found, synced)
 		s.finish(expectNoDouble)

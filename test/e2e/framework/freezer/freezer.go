@@ -42,7 +42,8 @@ type Group struct {
 // New makes the group for node (a group an earlier test left goes first).
 func New(node string) (*Group, error) {
 	if _, err := os.Stat(filepath.Dir(root)); err != nil {
-		return nil, fmt.Errorf("no cgroup v1 freezer hierarchy at %s: %w", filepath.Dir(root), err)
+		return nil, fmt.Errorf("no cgroup v1 freezer hierarchy at %s (a host with the unified hierarchy alone needs "+
+			"systemd.unified_cgroup_hierarchy=0): %w", filepath.Dir(root), err)
 	}
 	g := &Group{Path: filepath.Join(root, node)}
 	g.Remove()

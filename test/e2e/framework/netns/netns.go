@@ -89,6 +89,9 @@ func Joined() *Hub {
 // processes of a run that was cut short), removes the hub and every node
 // namespace, and returns the child's exit code.
 func RunInHub(name string, cleanup func()) (int, error) {
+	if os.Geteuid() != 0 {
+		return 0, fmt.Errorf("the suite makes network namespaces, veths and mounts: run it as root")
+	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		return 0, fmt.Errorf("ip not found: install Debian's iproute2 (hack/install-deps.sh)")
 	}
