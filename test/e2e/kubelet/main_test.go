@@ -56,6 +56,8 @@ var env struct {
 	hub     *netns.Hub
 	// watchTimeout is the OSDs' osd_client_watch_timeout.
 	watchTimeout time.Duration
+	// rootEntries are the names in / when the suite started.
+	rootEntries map[string]bool
 }
 
 // nodesDir holds the nodes' directories: a short path, whatever the
@@ -113,6 +115,11 @@ func run(m *testing.M) int {
 		return code
 	}
 	env.hub = hub
+	var err error
+	if env.rootEntries, err = rootEntries(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	// Kills what an aborted earlier run left running.
 	if err := process.SetRegistry(filepath.Join(filepath.Dir(filepath.Dir(env.dir)), "kubelet-running.pids")); err != nil {
 		fmt.Fprintln(os.Stderr, err)

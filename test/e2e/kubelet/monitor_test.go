@@ -64,10 +64,16 @@ type monitor struct {
 	mu      sync.Mutex
 	samples int
 	// doubles count samples with two watchers, unfenced samples with two
-	// mappings whose clients are not blocklisted.
-	doubles, unfenced int
-	double            string
-	errors            []string
+	// mappings whose clients are not blocklisted. A watcher counts once it
+	// is in two samples in a row: the rbd image-meta commands of the fence
+	// open the image, and so watch it, for some tens of milliseconds, a
+	// mapping for as long as it lives. transient counts samples with a
+	// second watcher seen once.
+	doubles, unfenced, transient int
+	// lastWatchers are the clients of the previous sample.
+	lastWatchers map[uint64]bool
+	double       string
+	errors       []string
 	// last is the last value seen of each followed thing, by key.
 	last map[string]string
 	// seenEvents are the API events already on the timeline.
@@ -150,15 +156,27 @@ func (m *monitor) sample() {
 			state = "watchers: " + strings.Join(names, ", ")
 		}
 		m.changed(now, laneCeph, "watchers", state)
-		if len(watchers) > 1 {
-			m.mu.Lock()
+		m.mu.Lock()
+		persistent := 0
+		current := map[uint64]bool{}
+		for _, w := range watchers {
+			current[w.Client] = true
+			if m.lastWatchers[w.Client] {
+				persistent++
+			}
+		}
+		m.lastWatchers = current
+		switch {
+		case persistent > 1:
 			m.doubles++
 			if m.double == "" {
 				m.double = fmt.Sprintf("at %s: %s", now.Format(time.RFC3339Nano), state)
 				s.tl.Add(now, laneCeph, "double mapping")
 			}
-			m.mu.Unlock()
+		case len(watchers) > 1:
+			m.transient++
 		}
+		m.mu.Unlock()
 	}
 	m.sampleMappings(ctx)
 	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {

@@ -19,6 +19,8 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,6 +213,136 @@ func TestShortNotReady(t *testing.T) {
 		}
 		s.note("event: %s", msg)
 		s.outcome = "Multi-Attach error while node-a was NotReady; attached to node-a only once it was Ready again, its pod Running"
+		s.finish(expectNoDouble)
+	})
+}
+
+// TestCutOffFromBoth: node-a keeps running, its application writing, but
+// loses the API server and Ceph at once (its switch fails): neither frozen
+// nor killed. Its watch expires, it goes NotReady, its pod is evicted; the
+// replacement goes to node-b.
+//
+//   - patched: node-b fences node-a's client before its map and runs the pod
+//     with every record node-a synced. node-a's application writes while
+//     it is still cut off and node-a is reconnected: that write, queued in
+//     its client, fails and is not on the image. node-a's kubelet then lets
+//     go of the evicted pod (unmount, unmap) on a fenced client.
+//   - stock: Multi-Attach while node-a is cut off; once it is reconnected
+//     its kubelet lets go, and node-b runs the pod with every record.
+func TestCutOffFromBoth(t *testing.T) {
+	eachBuild(t, "cut-off", func(s *scenario) {
+		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
+		podA := s.createPod(nodeA, evictionToleration())
+		s.waitRunning(podA, podRunningTimeout)
+		const synced = 20
+		volA := s.writeRecords(nodeA, podA, synced)
+		markerOffset := s.writeMarker(nodeA, volA)
+		clients := nodeA.FusePids()
+		watchers, err := env.cluster.Watchers(ctx, s.claim)
+		if err != nil || len(watchers) != 1 || len(clients) != 1 {
+			t.Fatalf("before the cut: watchers %v (%v), node-a's clients %v; want node-a's one", watchers, err, clients)
+		}
+
+		cut := time.Now()
+		s.tl.SetStart(cut)
+		s.tl.Mark(laneA, "cut off from the API server and Ceph")
+		for _, peer := range []net.IP{env.hub.APIServerIP, env.hub.CephIP} {
+			if err := nodeA.Net.CutOff(peer); err != nil {
+				t.Fatal(err)
+			}
+		}
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
+			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+			return err == nil && p.DeletionTimestamp != nil, nil
+		})
+		podB := s.createPod(nodeB, evictionToleration())
+
+		reconnect := func() time.Time {
+			s.tl.Mark(laneA, "reconnected")
+			for _, peer := range []net.IP{env.hub.APIServerIP, env.hub.CephIP} {
+				if err := nodeA.Net.Reconnect(peer); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return time.Now()
+		}
+		if s.build == stock {
+			msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+			if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
+				t.Errorf("stock attached or mapped the volume on node-b while node-a ran the pod")
+			}
+			back := reconnect()
+			poll(ctx, t, "app-1 gone", failoverTimeout(), func(ctx context.Context) (bool, error) {
+				_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+				return apierrors.IsNotFound(err), nil
+			})
+			running := s.waitRunning(podB, failoverTimeout())
+			found := s.recordsOn(nodeB, podB, synced)
+			if found != synced {
+				t.Errorf("node-b reads %d of the %d records node-a synced", found, synced)
+			}
+			s.note("event: %s", msg)
+			s.outcome = fmt.Sprintf("Multi-Attach error while node-a was cut off; reconnected: node-a let go, app-2 Running on node-b %v later, %d/%d records",
+				running.Sub(back).Round(100*time.Millisecond), found, synced)
+			s.finish(expectNoDouble)
+			return
+		}
+
+		running := s.waitRunning(podB, failoverTimeout())
+		found := s.recordsOn(nodeB, podB, synced)
+		if found != synced {
+			t.Errorf("node-b reads %d of the %d records node-a synced before the cut", found, synced)
+		}
+		if fenced, err := env.cluster.Blocklisted(ctx, watchers[0].Address); err != nil || !fenced {
+			t.Errorf("node-a's client %s is not blocklisted after node-b mapped (%v)", watchers[0].Address, err)
+		}
+		s.checkFencedBeforeMap(nodeB, watchers[0].Address)
+
+		// node-a's application writes while still cut off: its client
+		// queues the write; then node-a is reconnected.
+		type result struct {
+			out []byte
+			err error
+		}
+		stale := make(chan result, 1)
+		go func() {
+			out, err := s.staleWrite(clients[0], volA)
+			stale <- result{out, err}
+		}()
+		time.Sleep(time.Second)
+		back := reconnect()
+		r := <-stale
+		s.tl.Mark(laneA, "application write from before the reconnect: %s", staleResult(r.out, r.err))
+		if r.err == nil {
+			t.Errorf("node-a's write across the reconnect was acknowledged: its client should be fenced")
+		}
+		// Up for two watch timeouts, so that the monitor sees node-a's
+		// client if it comes back beside node-b's.
+		time.Sleep(time.Until(back.Add(2 * env.watchTimeout)))
+		landed := s.staleWriteLanded(markerOffset)
+		if landed {
+			t.Errorf("node-a's write across the reconnect is on the image: node-b should have fenced it")
+		}
+		gone := poll(ctx, t, "app-1 gone (node-a's kubelet let go of it)", podGoneTimeout, func(ctx context.Context) (bool, error) {
+			_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err) && len(nodeA.Devices()) == 0, nil
+		})
+		// node-a's client is gone now: nothing of it can land any more.
+		if s.staleWriteLanded(markerOffset) {
+			t.Errorf("node-a's write across the reconnect is on the image once node-a let go")
+		}
+		// node-a's cleanup on a fenced client removes its own record only:
+		// node-b's, which the next failover fences, stays.
+		mapsB := nodeB.Mappings()
+		records := s.holderRecords()
+		if len(mapsB) != 1 || len(records) != 1 || !strings.Contains(records[0], `"`+mapsB[0].Address+`"`) {
+			t.Errorf("holder records after node-a let go: %q; want node-b's alone (its mappings %v)", records, mapsB)
+		}
+		s.note("node-a's write across the reconnect: %s, on the image: %v; node-a unmounted and unmapped %v after it was reconnected; the image's holder record is node-b's alone",
+			staleResult(r.out, r.err), landed, gone.Sub(back).Round(100*time.Millisecond))
+		s.outcome = fmt.Sprintf("failed over: app-2 Running on node-b %v after the cut, %d/%d records; node-a fenced before node-b's map; its write across the reconnect failed and is not on the image; node-a let go of app-1",
+			running.Sub(cut).Round(100*time.Millisecond), found, synced)
 		s.finish(expectNoDouble)
 	})
 }

@@ -81,27 +81,33 @@ func TestPowerOff(t *testing.T) {
 	drawTimelines(t, "power-off", runs...)
 }
 
+// TestControllerRestart: the power-off, with kube-controller-manager
+// stopped before the replacement pod is bound and started again 2 s
+// later: the new controller rebuilds its state from the API (node-a's
+// status still lists the volume as attached). Patched: it fails over once,
+// node-b fences node-a and runs the pod. Stock: Multi-Attach.
+func TestControllerRestart(t *testing.T) {
+	var runs []*scenario
+	for _, build := range []string{stock, patched} {
+		r := variant{build: build, restartController: true}
+		t.Run(build, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
+			defer cancel()
+			s := newScenario(ctx, t, "controller-restart", r)
+			runs = append(runs, s)
+			testPowerOff(s, r)
+		})
+	}
+	drawTimelines(t, "controller-restart", runs...)
+}
+
 func testPowerOff(s *scenario, r variant) {
 	t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 	podA := s.createPod(nodeA, evictionToleration())
 	s.waitRunning(podA, podRunningTimeout)
 	const synced = 20
 	volA := s.writeRecords(nodeA, podA, synced)
-	// A block of its own that node-a's application owns: where its write
-	// after waking up would land. Its address on the image, from the
-	// filesystem's extent map (512-byte units).
-	if out, err := nodeA.InNode(ctx, "sh", "-c", `head -c 4096 /dev/zero | tr '\0' A > "$1/marker" && sync "$1/marker"`,
-		"app", volA); err != nil {
-		t.Fatalf("write the marker block: %v: %s", err, out)
-	}
-	extents, err := nodeA.InNode(ctx, "filefrag", "-v", "-b512", volA+"/marker")
-	if err != nil {
-		t.Fatalf("filefrag: %v: %s", err, extents)
-	}
-	markerOffset := firstPhysicalOffset(t, string(extents)) * 512
-	if got := imageBytes(ctx, t, s.claim, markerOffset, 4096); string(got) != strings.Repeat("A", 4096) {
-		t.Fatalf("the image at %d does not hold the marker block (%q…): the offset is wrong", markerOffset, clip(got))
-	}
+	markerOffset := s.writeMarker(nodeA, volA)
 	clients := nodeA.FusePids()
 	if len(clients) != 1 {
 		t.Fatalf("node-a has %d Ceph clients for the image, want 1", len(clients))
@@ -125,7 +131,24 @@ func testPowerOff(s *scenario, r variant) {
 		p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 		return err == nil && p.DeletionTimestamp != nil, nil
 	})
+	if r.restartController {
+		// Down while the replacement is bound: the controller that attaches
+		// it rebuilds its state from the API.
+		env.kcm.Stop()
+		env.kcm = nil
+		s.tl.Mark(laneControl, "kube-controller-manager stopped")
+	}
 	podB := s.createPod(nodeB, evictionToleration())
+	if r.restartController {
+		time.Sleep(2 * time.Second)
+		// What the new controller rebuilds its state from.
+		if !s.attached(nodeA) {
+			t.Fatalf("node-a's status no longer lists %s as attached: the restart would prove nothing", s.volumeName())
+		}
+		useControllerManager(ctx, t, s.build)
+		s.tl.Mark(laneControl, "kube-controller-manager started again")
+		s.note("kube-controller-manager stopped before app-2 was bound and started again 2 s later (node-a's status still listing the volume)")
+	}
 	s.note("NotReady %v after the power-off, evicted %v", notReady.Sub(powerOff).Round(100*time.Millisecond),
 		evicted.Sub(powerOff).Round(100*time.Millisecond))
 
@@ -155,6 +178,11 @@ func testPowerOff(s *scenario, r variant) {
 	if found != synced {
 		t.Errorf("node-b reads %d of the %d records node-a synced before the power-off", found, synced)
 	}
+	if s.build == patched {
+		if n := s.eventCount(podB, "FencedFailover"); n != 1 {
+			t.Errorf("%d FencedFailover events for app-2, want 1: the controller decides once", n)
+		}
+	}
 	fenced, err := env.cluster.Blocklisted(ctx, holderA.Address)
 	if err != nil {
 		t.Fatal(err)
@@ -166,23 +194,7 @@ func testPowerOff(s *scenario, r variant) {
 		t.Errorf("stock blocklisted node-a's client %s", holderA.Address)
 	}
 	if s.build == patched {
-		// Node-b's own calls, in order: the blocklist before the map.
-		calls, err := nodeB.Calls()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fenceAt, mapAt time.Time
-		for _, c := range calls {
-			if c.What == "ceph osd blocklist add" && fenceAt.IsZero() {
-				fenceAt = c.At
-			}
-			if c.What == "rbd map" && mapAt.IsZero() {
-				mapAt = c.At
-			}
-		}
-		if fenceAt.IsZero() || mapAt.IsZero() || !fenceAt.Before(mapAt) {
-			t.Errorf("node-b's blocklist at %v, its map at %v: want the blocklist first", fenceAt, mapAt)
-		}
+		s.checkFencedBeforeMap(nodeB, holderA.Address)
 	}
 
 	// Node-a wakes up: its client writes once more through its old mount.
@@ -197,25 +209,12 @@ func testPowerOff(s *scenario, r variant) {
 	if !process.Alive(clients[0]) {
 		t.Fatalf("node-a's Ceph client (pid %d) did not survive the power-off: the stale write would prove nothing", clients[0])
 	}
-	staleCtx, staleCancel := context.WithTimeout(ctx, 30*time.Second)
-	staleOut, staleErr := kubelet.InClientNS(staleCtx, clients[0], "sh", "-c",
-		`head -c 4096 /dev/zero | tr '\0' S | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
-		"app", volA)
-	staleCancel()
+	staleOut, staleErr := s.staleWrite(clients[0], volA)
 	s.tl.Mark(laneA, "application write after waking: %s", staleResult(staleOut, staleErr))
 	// Up for two watch timeouts, so that the monitor sees node-a's client
 	// if it comes back beside node-b's.
 	time.Sleep(time.Until(woke.Add(2 * env.watchTimeout)))
-	// Straight from the image: node-b never wrote the marker block, so
-	// whatever is there is node-a's.
-	block := string(imageBytes(ctx, t, s.claim, markerOffset, 4096))
-	landed := block == strings.Repeat("S", 4096)
-	if !landed && block != strings.Repeat("A", 4096) {
-		t.Errorf("the marker block reads %q…: neither node-a's old block nor its stale write", clip([]byte(block)))
-	}
-	if landed {
-		s.tl.Mark(laneCeph, "node-a's stale write landed on the image")
-	}
+	landed := s.staleWriteLanded(markerOffset)
 	s.note("app-2 Running on node-b %v after the power-off; %d of %d synced records read on node-b (journal replayed); node-a's client blocklisted: %v; node-a's write after it woke up: %s, on the image: %v",
 		running.Sub(powerOff).Round(100*time.Millisecond), found, synced, fenced, staleResult(staleOut, staleErr), landed)
 	if s.build == patched {
@@ -238,6 +237,80 @@ func testPowerOff(s *scenario, r variant) {
 		running.Sub(powerOff).Round(100*time.Millisecond))
 	s.finish(expectDouble)
 }
+
+// writeMarker writes a block of its own that node-a's application owns
+// through vol: where a stale write of node-a lands. It returns the block's
+// address on the image, from the filesystem's extent map (512-byte units).
+func (s *scenario) writeMarker(n *kubelet.Node, vol string) int64 {
+	t, ctx := s.t, s.ctx
+	t.Helper()
+	if out, err := n.InNode(ctx, "sh", "-c", `head -c 4096 /dev/zero | tr '\0' A > "$1/marker" && sync "$1/marker"`,
+		"app", vol); err != nil {
+		t.Fatalf("write the marker block: %v: %s", err, out)
+	}
+	extents, err := n.InNode(ctx, "filefrag", "-v", "-b512", vol+"/marker")
+	if err != nil {
+		t.Fatalf("filefrag: %v: %s", err, extents)
+	}
+	offset := firstPhysicalOffset(t, string(extents)) * 512
+	if got := imageBytes(ctx, t, s.claim, offset, 4096); string(got) != strings.Repeat("A", 4096) {
+		t.Fatalf("the image at %d does not hold the marker block (%q…): the offset is wrong", offset, clip(got))
+	}
+	return offset
+}
+
+// staleWrite has node-a's application, through its Ceph client pid's
+// mount namespace, overwrite the marker block once more, bypassing the
+// page cache. A fenced client's write may fail or hang: it gets 30 s.
+func (s *scenario) staleWrite(client int, vol string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	defer cancel()
+	return kubelet.InClientNS(ctx, client, "sh", "-c",
+		`head -c 4096 /dev/zero | tr '\0' S | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
+		"app", vol)
+}
+
+// staleWriteLanded reads the marker block straight from the image: node-b
+// never writes it, so whatever is there is node-a's.
+func (s *scenario) staleWriteLanded(offset int64) bool {
+	s.t.Helper()
+	block := string(imageBytes(s.ctx, s.t, s.claim, offset, 4096))
+	landed := block == strings.Repeat("S", 4096)
+	if !landed && block != strings.Repeat("A", 4096) {
+		s.t.Errorf("the marker block reads %q…: neither node-a's old block nor its stale write", clip([]byte(block)))
+	}
+	if landed {
+		s.tl.Mark(laneCeph, "node-a's stale write landed on the image")
+	}
+	return landed
+}
+
+// checkFencedBeforeMap reads n's own calls, in order: its blocklist of
+// the client at address must come before its map (that the blocklist took
+// is read from the monitors).
+func (s *scenario) checkFencedBeforeMap(n *kubelet.Node, address string) {
+	s.t.Helper()
+	calls, err := n.Calls()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var fenceAt, mapAt time.Time
+	for _, c := range calls {
+		if c.What == "ceph osd blocklist add "+address && fenceAt.IsZero() {
+			fenceAt = c.At
+		}
+		if isCall(c.What, "rbd map") && mapAt.IsZero() {
+			mapAt = c.At
+		}
+	}
+	if fenceAt.IsZero() || mapAt.IsZero() || !fenceAt.Before(mapAt) {
+		s.t.Errorf("%s's blocklist of %s at %v, its map at %v: want the blocklist first", s.lane(n), address, fenceAt, mapAt)
+	}
+}
+
+// isCall reports whether a logged call is what ("rbd status" for "rbd
+// status <image>").
+func isCall(call, what string) bool { return call == what || strings.HasPrefix(call, what+" ") }
 
 func staleResult(out []byte, err error) string {
 	if err != nil {

@@ -56,6 +56,12 @@ var scenarios = map[string]string{
 	"api-partition": "node-a cut off from the API server only (Ceph kept); its pod evicted; replacement on node-b; partition healed",
 	"ceph-partition": "node-a cut off from Ceph only (API kept): its watch expires while it runs the pod; " +
 		"a second pod for the claim on node-b",
+	"controller-restart": "node-a loses power; kube-controller-manager down while the replacement pod is bound on node-b, " +
+		"started again 2 s later",
+	"cut-off": "node-a, running, cut off from the API server and Ceph at once; replacement pod on node-b; " +
+		"node-a reconnected, its application still writing",
+	"kubelet-restart": "node-a cut off from the API server only; node-b's kubelet restarted while it waits in the gate; " +
+		"partition healed; node-b's kubelet restarted again while it runs the pod",
 	"healthy-race":   "every node Ready; a second pod for the claim on node-b",
 	"short-notready": "node-a NotReady for a while (API cut off), its pod not evicted; a second pod for the claim on node-b; node-a back",
 }
@@ -97,11 +103,13 @@ type scenario struct {
 // variant says what a scenario runs: build is kube-controller-manager's and the
 // kubelets', mode the PV's access mode (ReadWriteMany: the workaround users
 // apply to stock), targetKubelet node-b's kubelet if not build's (an
-// upgrade half done).
+// upgrade half done), restartController whether kube-controller-manager
+// is down while the replacement pod is bound.
 type variant struct {
-	build         string
-	mode          v1.PersistentVolumeAccessMode
-	targetKubelet string
+	build             string
+	mode              v1.PersistentVolumeAccessMode
+	targetKubelet     string
+	restartController bool
 }
 
 // id names the run in node, volume and subtest names.
@@ -329,6 +337,15 @@ func (s *scenario) finish(want expectation) {
 		}
 		for _, c := range calls {
 			s.tl.Add(c.At, s.lane(n), "%s", c.What)
+			// The shim lets go of rbd-fuse only for a fenced client (where
+			// krbd fails the I/O): anywhere else it would hide a hang.
+			if strings.HasPrefix(c.What, "shim aborted rbd-fuse") {
+				f := strings.Fields(c.What)
+				if fenced, err := env.cluster.Blocklisted(s.ctx, f[len(f)-1]); err != nil || !fenced {
+					s.t.Errorf("%s: the shim aborted the FUSE connection of a client that is not blocklisted (%v): %s",
+						s.lane(n), err, c.What)
+				}
+			}
 		}
 	}
 	s.mon.verdict(want)
@@ -336,8 +353,9 @@ func (s *scenario) finish(want expectation) {
 	for _, n := range s.notes {
 		report("  - %s\n", n)
 	}
-	report("  - double mappings: %d of %d samples saw two watchers, %d two unfenced mappings; timeline (s after the failure):\n%s",
-		s.mon.doubles, s.mon.samples, s.mon.unfenced, s.tl.Markdown())
+	report("  - double mappings: %d of %d samples saw two watchers (in two samples in a row), %d two unfenced mappings; "+
+		"%d saw a second watcher once (a command's open); timeline (s after the failure):\n%s",
+		s.mon.doubles, s.mon.samples, s.mon.unfenced, s.mon.transient, s.tl.Markdown())
 }
 
 // drawTimelines writes the scenario's picture, its builds side by side,

@@ -26,7 +26,9 @@ limitations under the License.
 //     sysfs entry /sys/bus/rbd/devices/N/{pool,name,client_id,config_info}
 //     (on the node's own tmpfs at /sys/bus) and the block device /dev/rbdN
 //     (N is the loop device's number, unique on the machine).
-//   - unmap (by device or by pool/image): reverses it.
+//   - unmap (by device or by pool/image): reverses it. Where rbd-fuse does
+//     not let go of a fenced client's device, it aborts the client's FUSE
+//     connection after 10 s, as krbd fails a blocklisted client's I/O.
 //
 // Called as "ceph" it passes everything to the real ceph. Either way it
 // first appends the call (its verbs, no arguments that could hold a key)
@@ -49,6 +51,7 @@ import (
 	"time"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
@@ -137,12 +140,22 @@ func logCall(state, tool string, args []string) {
 		}
 		words = append(words, a)
 	}
+	// A blocklist names the client it fences: an address, no secret.
+	if what := strings.Join(words, " "); (what == "ceph osd blocklist add" || what == "ceph osd blacklist add") &&
+		len(args) > 3 {
+		words = append(words, args[3])
+	}
+	logLine(state, strings.Join(words, " "))
+}
+
+// logLine appends "RFC3339Nano what" to state/calls.log.
+func logLine(state, what string) {
 	f, err := os.OpenFile(filepath.Join(state, "calls.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	fmt.Fprintf(f, "%s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(words, " "))
+	fmt.Fprintf(f, "%s %s\n", time.Now().Format(time.RFC3339Nano), what)
 }
 
 // mapArgs is what the shim needs from a map's argv.
@@ -420,10 +433,18 @@ func unmap(state, target string) error {
 			return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy (%v)", err)
 		}
 		f.Close()
-		if out, err := exec.Command("losetup", "-d", mp.Loop).CombinedOutput(); err != nil {
-			return fmt.Errorf("rbd: sysfs write failed\nlosetup -d %s: %v: %s", mp.Loop, err, bytes.TrimSpace(out))
+		// Each step is skipped if done: a retry after a failed unmap goes on
+		// where that one stopped.
+		if _, err := os.Stat(fmt.Sprintf("/sys/block/loop%s/loop/backing_file", n)); err == nil {
+			if err := boundedByFuse(state, mp, "losetup", "-d", mp.Loop); err != nil {
+				return err
+			}
 		}
-		_ = exec.Command("umount", mp.Mount).Run()
+		if mounted(mp.Mount) {
+			if err := boundedByFuse(state, mp, "umount", mp.Mount); err != nil {
+				return err
+			}
+		}
 		// rbd-fuse closes the image (and its watch) as it exits.
 		for i := 0; i < 100 && process.Alive(mp.FusePid); i++ {
 			time.Sleep(50 * time.Millisecond)
@@ -435,6 +456,60 @@ func unmap(state, target string) error {
 		return os.Remove(rec)
 	}
 	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
+}
+
+// mounted reports whether something is mounted at dir, from the mount
+// table: a stat of dir would be a FUSE request, which a stuck rbd-fuse
+// never answers.
+func mounted(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[1] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// fuseBound is how long a step of an unmap may wait on rbd-fuse.
+const fuseBound = 10 * time.Second
+
+// boundedByFuse runs a step of an unmap (the loop device's detach, the
+// FUSE unmount) that waits on rbd-fuse. rbd-fuse may never answer for a
+// client that has been blocklisted (its librbd waits for good), which
+// would hold the step in the kernel, while krbd fails a blocklisted
+// client's I/O and lets go of the device. So past fuseBound the client's
+// FUSE connection is aborted (every request on it fails) and the step
+// goes on; the node's call log says so, naming the client (the suite
+// fails a run in which the client was not blocklisted).
+func boundedByFuse(state string, mp mapping, argv ...string) error {
+	done := make(chan error, 1)
+	go func() {
+		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("rbd: sysfs write failed\n%s: %v: %s", strings.Join(argv, " "), err, bytes.TrimSpace(out))
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(fuseBound):
+	}
+	if mp.FuseConn == 0 {
+		return fmt.Errorf("rbd: sysfs write failed\n%s: no answer from rbd-fuse within %v", strings.Join(argv, " "), fuseBound)
+	}
+	logLine(state, fmt.Sprintf("shim aborted rbd-fuse (%s) of client %s", argv[0], mp.Address))
+	kubelet.AbortFuse(mp.FuseConn)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(fuseBound):
+		return fmt.Errorf("rbd: sysfs write failed\n%s: stuck %v after rbd-fuse's connection was aborted", strings.Join(argv, " "), fuseBound)
+	}
 }
 
 // fuseConnection returns the number of the FUSE connection mounted at mnt

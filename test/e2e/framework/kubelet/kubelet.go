@@ -19,7 +19,10 @@ limitations under the License.
 // fake container runtime (pods without containers, volumes for real), in a
 // network namespace of its own (framework/netns), a mount namespace of its
 // own whose /sys/bus is a tmpfs, and a freezer cgroup that holds every
-// process of the node (framework/freezer); test/e2e/cmd/rbd-shim is the
+// process of the node (framework/freezer). The mount namespace belongs to
+// the node, not to its kubelet: a process that does nothing holds it, and
+// the kubelet joins it, so a restarted kubelet finds the mounts and
+// devices its predecessor made, as on a host. test/e2e/cmd/rbd-shim is the
 // "rbd" on its PATH, so that "rbd map" gives the node a real block device
 // backed by a librbd client, which runs in the node's namespaces and cgroup.
 package kubelet
@@ -72,12 +75,14 @@ type Node struct {
 	opts   Options
 	dir    string
 	cri    *process.Process
+	// mounts holds the node's mount namespace: it outlives kubelet restarts.
+	mounts *process.Process
 	// poweredOff: PowerOff killed the kubelet (it dies once thawed); the
 	// suites' monitors read it.
 	poweredOff atomic.Bool
-	// Kubelet is the kubelet process; its pid names the node's mount
-	// namespace.
-	Kubelet *process.Process
+	// kubelet is the kubelet process; RestartKubelet replaces it while the
+	// suites' monitors read it.
+	kubelet atomic.Pointer[process.Process]
 }
 
 // config is the KubeletConfiguration: upstream defaults except what this
@@ -163,11 +168,42 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 		n.Stop()
 		return nil, err
 	}
+	if err := n.startMountNamespace(); err != nil {
+		n.Stop()
+		return nil, err
+	}
 	if err := n.StartKubelet(ctx); err != nil {
 		n.Stop()
 		return nil, err
 	}
 	return n, nil
+}
+
+// startMountNamespace starts the process that holds the node's mount
+// namespace: a tmpfs at /sys/bus, where the shim makes the node's
+// /sys/bus/rbd/devices entries, and a directory per node for the paths
+// the kubelet hard-codes (its device plugin socket, the pods' logs).
+func (n *Node) startMountNamespace() error {
+	ready := filepath.Join(n.dir, "mounts-ready")
+	_ = os.Remove(ready)
+	script := `set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs /sys/bus && mkdir -p /sys/bus/rbd/devices
+for d in /var/lib/kubelet/device-plugins /var/log/pods /var/log/containers; do
+  mkdir -p "$d" "$NODE_DIR/host$d" && mount --bind "$NODE_DIR/host$d" "$d"
+done
+touch "$NODE_DIR/mounts-ready"
+exec sleep infinity`
+	var err error
+	n.mounts, err = process.StartIn(n.dir, "mounts-"+n.Name, n.opts.LogDir, []string{"NODE_DIR=" + n.dir},
+		n.enter("unshare", "--mount", "--", "sh", "-c", script)...)
+	if err != nil {
+		return err
+	}
+	return n.mounts.WaitFor(30*time.Second, func() error {
+		_, err := os.Stat(ready)
+		return err
+	})
 }
 
 // enter is argv run in the node's network namespace and cgroup.
@@ -199,31 +235,29 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 		grace/4)), 0o644); err != nil {
 		return err
 	}
-	// A mount namespace of its own with a tmpfs at /sys/bus, where the
-	// shim makes the node's /sys/bus/rbd/devices entries.
-	// Paths the kubelet hard-codes get a directory per node: its device
-	// plugin socket and the pods' logs.
-	script := `set -e
-mount --make-rprivate /
-mount -t tmpfs tmpfs /sys/bus && mkdir -p /sys/bus/rbd/devices
-for d in /var/lib/kubelet/device-plugins /var/log/pods /var/log/containers; do
-  mkdir -p "$d" "$NODE_DIR/host$d" && mount --bind "$NODE_DIR/host$d" "$d"
-done
-exec "$0" "$@"`
 	env := append([]string{
 		"PATH=" + n.bin() + ":" + os.Getenv("PATH"),
 		"RBD_SHIM_STATE=" + n.state(),
-		"NODE_DIR=" + n.dir,
 	}, n.opts.Env...)
-	n.Kubelet, err = process.StartIn(n.dir, "kubelet-"+n.Name, n.opts.LogDir, env,
-		n.enter("unshare", "--mount", "--", "sh", "-c", script,
+	// Joining a mount namespace moves the working directory to its root,
+	// and the kubelet removes what matches a removed container's log path
+	// with "*" appended, relative to it: upstream's fake runtime gives no
+	// log path, so from "/" that would be "/*" (it took /bin, the first
+	// entry it could remove). An empty directory of the node's instead.
+	wd := filepath.Join(n.dir, "kubelet-wd")
+	if err := os.MkdirAll(wd, 0o755); err != nil {
+		return err
+	}
+	kubelet, err := process.StartIn(n.dir, "kubelet-"+n.Name, n.opts.LogDir, env,
+		n.enter("nsenter", "-t", strconv.Itoa(n.mounts.Pid()), "-m", "--wd="+wd, "--",
 			n.opts.Kubelet, "--config="+cfg, "--kubeconfig="+n.opts.Kubeconfig, "--hostname-override="+n.Name,
 			"--node-ip="+n.Net.IP.String(), "--root-dir="+n.Root, "--cert-dir="+filepath.Join(n.dir, "pki"), "--v=4")...)
 	if err != nil {
 		return err
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", healthz)
-	return n.Kubelet.WaitFor(time.Minute, func() error {
+	n.kubelet.Store(kubelet)
+	return kubelet.WaitFor(time.Minute, func() error {
 		curl := append(n.Net.Enter(), "curl", "-sf", "--max-time", "2", url)
 		out, err := exec.CommandContext(ctx, curl[0], curl[1:]...).CombinedOutput()
 		if err != nil {
@@ -233,9 +267,20 @@ exec "$0" "$@"`
 	})
 }
 
+// RestartKubelet kills the kubelet alone (SIGKILL, with the rbd and ceph
+// calls it has under way; the node's mounts and mappings stay) and starts
+// it again, as a crash and a restart by the service manager would. It
+// returns when the old kubelet was gone: every call after that is the new
+// one's.
+func (n *Node) RestartKubelet(ctx context.Context) (time.Time, error) {
+	n.kubelet.Load().Kill()
+	gone := time.Now()
+	return gone, n.StartKubelet(ctx)
+}
+
 // InNode runs argv in the node's mount namespace and returns its output.
 func (n *Node) InNode(ctx context.Context, argv ...string) ([]byte, error) {
-	return InClientNS(ctx, n.Kubelet.Pid(), argv...)
+	return InClientNS(ctx, n.mounts.Pid(), argv...)
 }
 
 // PodVolumeDir is where the kubelet mounts the pod's PersistentVolume.
@@ -254,6 +299,25 @@ func (n *Node) Mounts(ctx context.Context) ([]string, error) {
 		f := strings.Fields(l)
 		if len(f) > 1 && strings.HasPrefix(f[0], "/dev/rbd") {
 			mounts = append(mounts, f[0]+" "+f[1])
+		}
+	}
+	return mounts, nil
+}
+
+// MountIDs returns the node's mounts of /dev/rbd* devices as "id device
+// mountpoint" (/proc/self/mountinfo): an unmount and a new mount of the
+// same device at the same place get a new id.
+func (n *Node) MountIDs(ctx context.Context) ([]string, error) {
+	out, err := n.InNode(ctx, "cat", "/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read %s's mountinfo: %w: %s", n.Name, err, out)
+	}
+	var mounts []string
+	for _, l := range strings.Split(string(out), "\n") {
+		fields, tail, ok := strings.Cut(l, " - ")
+		f, t := strings.Fields(fields), strings.Fields(tail)
+		if ok && len(f) > 4 && len(t) > 1 && strings.HasPrefix(t[1], "/dev/rbd") {
+			mounts = append(mounts, f[0]+" "+t[1]+" "+f[4])
 		}
 	}
 	return mounts, nil
@@ -289,7 +353,7 @@ func (n *Node) PowerOff() error {
 		return err
 	}
 	n.poweredOff.Store(true)
-	for _, p := range []*process.Process{n.Kubelet, n.cri} {
+	for _, p := range []*process.Process{n.kubelet.Load(), n.cri} {
 		if !p.Exited() {
 			_ = p.SignalGroup(syscall.SIGKILL)
 		}
@@ -365,7 +429,10 @@ func (n *Node) Calls() ([]Call, error) {
 }
 
 // Running reports whether the node's kubelet runs (not killed by a power-off).
-func (n *Node) Running() bool { return !n.poweredOff.Load() && n.Kubelet != nil && !n.Kubelet.Exited() }
+func (n *Node) Running() bool {
+	k := n.kubelet.Load()
+	return !n.poweredOff.Load() && k != nil && !k.Exited()
+}
 
 // Devices returns the /dev/rbdN nodes the node's mappings made.
 func (n *Node) Devices() []string {
@@ -383,13 +450,16 @@ func (n *Node) Devices() []string {
 func (n *Node) Stop() {
 	// A frozen node ends only once it runs again.
 	_ = n.Cgroup.Thaw(10 * time.Second)
-	if n.Kubelet != nil {
-		n.Kubelet.Stop(10 * time.Second)
+	if k := n.kubelet.Load(); k != nil {
+		k.Stop(10 * time.Second)
 	}
 	if n.cri != nil {
 		n.cri.Stop(5 * time.Second)
 	}
 	Cleanup(n.dir)
+	if n.mounts != nil {
+		n.mounts.Kill()
+	}
 	n.Cgroup.Remove()
 	n.Net.Remove()
 }
@@ -409,7 +479,7 @@ func Cleanup(dir string) {
 			// First the connection, so that nothing waits on the client
 			// any more; then the client; then the loop device over it.
 			if mp.FuseConn > 0 {
-				abortFuse(mp.FuseConn)
+				AbortFuse(mp.FuseConn)
 			}
 			// Only if the pid still runs rbd-fuse: it may have been reused.
 			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", mp.FusePid)); mp.FusePid > 0 && err == nil &&
@@ -425,10 +495,10 @@ func Cleanup(dir string) {
 	}
 }
 
-// abortFuse aborts a FUSE connection: every request waiting on it fails.
+// AbortFuse aborts a FUSE connection: every request waiting on it fails.
 // A frozen or fenced rbd-fuse otherwise keeps the loop device's writeback,
 // and anything that syncs, in the kernel for good, even after it is killed.
-func abortFuse(conn uint32) {
+func AbortFuse(conn uint32) {
 	const fusectl = "/sys/fs/fuse/connections"
 	if entries, err := os.ReadDir(fusectl); err == nil && len(entries) == 0 {
 		_ = exec.Command("mount", "-t", "fusectl", "fusectl", fusectl).Run()
