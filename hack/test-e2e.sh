@@ -4,17 +4,14 @@
 # hack/install-deps.sh):
 #   test/e2e/node      the patched RBD plugin's watcher gate and fence against
 #                      Ceph (and the frozen-holder hazard with the stock one);
-#   test/e2e/failover  the node-failure scenarios on a real control plane
-#                      (etcd, kube-apiserver, stock and patched
-#                      kube-controller-manager) with simulated nodes that
-#                      run the stock or the patched RBD plugin;
-#   test/e2e/kubelet   the real stock and patched kubelets, each node in
-#                      network and mount namespaces and a freezer cgroup of
-#                      its own, with the same build's controller.
+#   test/e2e/kubelet   the node-failure scenarios on a real control plane
+#                      (etcd, kube-apiserver, the stock or the patched
+#                      kube-controller-manager) with the real stock and
+#                      patched kubelets, each node in network and mount
+#                      namespaces and a freezer cgroup of its own.
 # It first builds what they need: kube-apiserver, kubelet and
 # kube-controller-manager from the patched and the stock tree, etcd at the
-# version the tree pins, the node agent of each build, the fake runtime and
-# the rbd shim.
+# version the tree pins, the fake runtime and the rbd shim.
 # WATCH_TIMEOUT sets the OSDs' osd_client_watch_timeout in seconds (default
 # 10; Ceph's default is 30); NODE_MONITOR_GRACE_PERIOD the controller's (10;
 # upstream 40) and TOLERATION_SECONDS the real-kubelet pods' unreachable
@@ -64,9 +61,6 @@ rbdf::tree::stock
 rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_OUTPUT}/stock/bin" kube-controller-manager kubelet
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd
-# The simulated nodes of each build run that build's RBD plugin.
-rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-node-agent" ./test/e2e/cmd/rbd-node-agent
-rbdf::golang::go "${RBDF_STOCK_TREE}" "stock-${RBDF_LINE}" build -o "${e2e_bin}/rbd-node-agent-stock" ./test/e2e/cmd/rbd-node-agent
 # The real kubelet's nodes: upstream's fake container runtime, and an "rbd"
 # that gives "rbd map" a real block device (rbd-fuse and a loop device).
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/fake-cri" ./test/e2e/cmd/fake-cri
@@ -79,10 +73,6 @@ export E2E_RBD_SHIM="${e2e_bin}/rbd-shim"
 export E2E_KUBE_APISERVER="${RBDF_LINE_OUTPUT}/bin/kube-apiserver"
 export E2E_KCM_PATCHED="${RBDF_LINE_OUTPUT}/bin/kube-controller-manager"
 export E2E_KCM_STOCK="${RBDF_LINE_OUTPUT}/stock/bin/kube-controller-manager"
-export E2E_NODE_AGENT_PATCHED="${e2e_bin}/rbd-node-agent"
-export E2E_NODE_AGENT_STOCK="${e2e_bin}/rbd-node-agent-stock"
-export E2E_KUBELET_VERSION_PATCHED="${RBDF_VERSION}"
-export E2E_KUBELET_VERSION_STOCK="${RBDF_KUBE_VERSION}"
 
 # shellcheck disable=SC2317 # invoked through rbdf::test::gojson
 read -ra packages <<< "${E2E_PACKAGES:-./test/e2e/...}"

@@ -33,36 +33,15 @@ import (
 // image, without a kernel. It prints "open <address> <client id>", then
 // answers one line per command on stdin: "w OFFSET TEXT" writes TEXT at
 // OFFSET and flushes ("ok", or "err <exception>"), "r OFFSET LENGTH" reads
-// ("data <text>"). Given an application log, a tag and a base offset, it
-// also plays the pod's application: every 200 ms it writes "TAG seq N" in
-// slot N of its region (AppSlot) and flushes, and logs "<start ns> <end ns>
-// N ok" or "... N err <exception>". "ok" means librbd acknowledged the
-// write and the flush; whether it is on the image, a read of the slot says.
+// ("data <text>").
 const holderScript = `
-import sys, threading, time, rados, rbd
-conf, user, keyfile, pool, image, applog, tag, base = (sys.argv[1:] + ["", "", "0"])[:8]
+import sys, rados, rbd
+conf, user, keyfile, pool, image = sys.argv[1:6]
 cluster = rados.Rados(conffile=conf, rados_id=user, conf={"keyfile": keyfile})
 cluster.connect(timeout=30)
 ioctx = cluster.open_ioctx(pool)
 img = rbd.Image(ioctx, image)
 print("open", cluster.get_addrs(), cluster.get_instance_id(), flush=True)
-
-def application():
-    seq = 0
-    with open(applog, "a", buffering=1) as log:
-        while True:
-            seq += 1
-            start = time.time_ns()
-            try:
-                img.write(("%s seq %d" % (tag, seq)).ljust(64).encode(), int(base) + (seq % 16384) * 64)
-                img.flush()
-                log.write("%d %d %d ok\n" % (start, time.time_ns(), seq))
-            except Exception as e:
-                log.write("%d %d %d err %s %s\n" % (start, time.time_ns(), seq, type(e).__name__, str(e).replace("\n", " ")))
-            time.sleep(0.2)
-
-if applog:
-    threading.Thread(target=application, daemon=True).start()
 for line in sys.stdin:
     op, off, arg = (line.rstrip("\n").split(" ", 2) + ["", ""])[:3]
     try:
@@ -109,11 +88,6 @@ type HolderConfig struct {
 	// test can kill it alone); otherwise it shares its parent's, and dies
 	// with it when the group is killed.
 	OwnProcessGroup bool
-	// AppLog, if set, makes the holder play the pod's application: it
-	// writes "AppTag seq N" every 200 ms at AppSlot(AppOffset, N) and logs
-	// each result there (see ReadAppLog).
-	AppLog, AppTag string
-	AppOffset      int64
 }
 
 // Hold starts a client that opens image as the cluster's user and returns
@@ -129,8 +103,7 @@ func (c *Cluster) Hold(image string) (*Holder, error) {
 // StartHolder starts a client that opens image and returns once the image is
 // open (its watch registered).
 func StartHolder(cfg HolderConfig, image string) (*Holder, error) {
-	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image,
-		cfg.AppLog, cfg.AppTag, strconv.FormatInt(cfg.AppOffset, 10))
+	cmd := exec.Command("/usr/bin/python3", "-c", holderScript, cfg.Conf, cfg.User, cfg.KeyFile, cfg.Pool, image)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: cfg.OwnProcessGroup}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -253,53 +226,6 @@ func (h *Holder) Close() {
 	case <-time.After(10 * time.Second):
 		h.Kill()
 	}
-}
-
-// AppSlot is where an application with region base writes its record seq:
-// 64 bytes a record, 16384 records a region (1 MiB).
-func AppSlot(base int64, seq int) int64 { return base + int64(seq%16384)*64 }
-
-// AppRecord is the record an application with tag writes as seq.
-func AppRecord(tag string, seq int) string { return fmt.Sprintf("%s seq %d", tag, seq) }
-
-// AppWrite is one write of a holder's application.
-type AppWrite struct {
-	// Started is when the application issued the write, Ended when the
-	// write and its flush returned.
-	Started, Ended time.Time
-	Seq            int
-	Landed         bool
-	Error          string
-}
-
-// ReadAppLog reads an application log; a missing log has no writes.
-func ReadAppLog(path string) ([]AppWrite, error) {
-	data, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var writes []AppWrite
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		f := strings.SplitN(line, " ", 5)
-		if len(f) < 4 {
-			continue // a line cut short by a kill
-		}
-		start, err1 := strconv.ParseInt(f[0], 10, 64)
-		end, err2 := strconv.ParseInt(f[1], 10, 64)
-		seq, err3 := strconv.Atoi(f[2])
-		if err1 != nil || err2 != nil || err3 != nil || (f[3] != "ok" && f[3] != "err") {
-			return nil, fmt.Errorf("%s: cannot read %q", path, line)
-		}
-		w := AppWrite{Started: time.Unix(0, start), Ended: time.Unix(0, end), Seq: seq, Landed: f[3] == "ok"}
-		if len(f) == 5 {
-			w.Error = f[4]
-		}
-		writes = append(writes, w)
-	}
-	return writes, nil
 }
 
 // CheckMapFailedAtKernel tells whether "rbd map" failed only where the

@@ -49,33 +49,26 @@ type Binaries struct {
 // ControlPlane is a running etcd and kube-apiserver.
 type ControlPlane struct {
 	Dir string
-	// Kubeconfig is an administrator's kubeconfig; ControllerKubeconfig is
-	// kube-controller-manager's and NodeKubeconfig the node agents'.
-	Kubeconfig, ControllerKubeconfig, NodeKubeconfig string
-	Client                                           kubernetes.Interface
-	Config                                           *rest.Config
+	// Kubeconfig is an administrator's kubeconfig (the harness's and the
+	// kubelets'); ControllerKubeconfig is kube-controller-manager's.
+	Kubeconfig, ControllerKubeconfig string
+	Client                           kubernetes.Interface
+	Config                           *rest.Config
 
 	pki             *pki
 	etcd, apiserver *process.Process
 }
 
-// identities are the token-authenticated users. The agents and the
+// identities are the token-authenticated users. The kubelets and the
 // controller manager are cluster administrators: the node authorizer and
 // per-controller service accounts are not what these tests are about.
 var identities = []struct{ name, token, kubeconfig string }{
 	{"admin", "e2e-admin-token", "admin.kubeconfig"},
 	{"system:kube-controller-manager", "e2e-kcm-token", "kube-controller-manager.kubeconfig"},
-	{"e2e-node-agent", "e2e-node-token", "node-agent.kubeconfig"},
 }
 
-// Start starts etcd and kube-apiserver on 127.0.0.1 and returns once the
-// API server is ready.
-func Start(ctx context.Context, dir string, bin Binaries) (*ControlPlane, error) {
-	return StartAt(ctx, dir, bin, "127.0.0.1")
-}
-
-// StartAt is Start with kube-apiserver listening on address (etcd stays on
-// 127.0.0.1).
+// StartAt starts etcd (on 127.0.0.1) and kube-apiserver listening on
+// address, and returns once the API server is ready.
 func StartAt(ctx context.Context, dir string, bin Binaries, address string) (*ControlPlane, error) {
 	for _, b := range []string{bin.Etcd, bin.APIServer} {
 		if _, err := os.Stat(b); err != nil {
@@ -149,13 +142,10 @@ func StartAt(ctx context.Context, dir string, bin Binaries, address string) (*Co
 			cp.Stop()
 			return nil, err
 		}
-		switch id.kubeconfig {
-		case "admin.kubeconfig":
+		if id.kubeconfig == "admin.kubeconfig" {
 			cp.Kubeconfig = path
-		case "kube-controller-manager.kubeconfig":
+		} else {
 			cp.ControllerKubeconfig = path
-		default:
-			cp.NodeKubeconfig = path
 		}
 	}
 	caPEM, err := os.ReadFile(cp.pki.CA)

@@ -15,7 +15,7 @@ limitations under the License.
 */
 
 // Package process starts the end-to-end harness's daemons (etcd,
-// kube-apiserver, kube-controller-manager, node agents): each in its own
+// kube-apiserver, kube-controller-manager, kubelets): each in its own
 // process group with its output in a log file, recorded so that a later run
 // can kill what an aborted run left behind.
 package process
