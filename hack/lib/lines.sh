@@ -2,7 +2,7 @@
 # The release lines this project carries: the one place that knows them.
 
 # Patch-set revision: bump it whenever any series changes what it builds.
-readonly RBDF_REVISION=4
+readonly RBDF_REVISION=5
 
 readonly RBDF_PRIMARY_LINE=v1.30
 

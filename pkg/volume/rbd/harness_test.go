@@ -166,6 +166,8 @@ func (r *rbdTools) respond(inv invocation) reply {
 		return r.mapReply
 	case len(inv.args) > 1 && inv.args[0] == "image-meta" && inv.args[1] == "list":
 		return r.meta
+	case len(inv.args) > 0 && inv.args[0] == "info" && inv.has("--format=json"):
+		return reply{out: `{"name":"user-pv","block_name_prefix":"rbd_data.5eed","format":2}` + "\n"}
 	case inv.cmd == "ceph":
 		if len(r.ceph) == 0 {
 			return reply{}

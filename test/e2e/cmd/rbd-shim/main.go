@@ -23,7 +23,7 @@ limitations under the License.
 //     then serves the image through rbd-fuse (a librbd client: its watch is
 //     the mapping's watch, and blocklisting it fails the device's I/O), puts
 //     a loop device over it, and makes what the RBD plugin looks for: the
-//     sysfs entry /sys/bus/rbd/devices/N/{pool,name,client_id,config_info}
+//     sysfs entry /sys/bus/rbd/devices/N/{pool,name,client_id,client_addr,config_info}
 //     (on the node's own tmpfs at /sys/bus) and the block device /dev/rbdN
 //     (N is the loop device's number, unique on the machine).
 //   - unmap (by device or by pool/image): reverses it. Where rbd-fuse does
@@ -392,6 +392,7 @@ func publish(state string, n int, mp mapping, m mapArgs) error {
 	for name, value := range map[string]string{
 		"pool": mp.Pool, "name": mp.Image, "current_snap": "-",
 		"client_id":   fmt.Sprintf("client%d", mp.Client),
+		"client_addr": mp.Address,
 		"config_info": fmt.Sprintf("%s %s %s %s -", m.mon, opts, mp.Pool, mp.Image),
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(value+"\n"), 0o644); err != nil {
