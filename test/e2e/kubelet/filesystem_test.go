@@ -65,10 +65,17 @@ func poll(ctx context.Context, t *testing.T, what string, timeout time.Duration,
 // createVolume creates an image and a bound PV/PVC pair named after it.
 func createVolume(ctx context.Context, t *testing.T, image string, mode v1.PersistentVolumeAccessMode) string {
 	t.Helper()
-	client := env.cp.Client
 	if err := env.cluster.CreateImage(ctx, image, 64); err != nil {
 		t.Fatalf("create image: %v", err)
 	}
+	return bindVolume(ctx, t, image, mode)
+}
+
+// bindVolume makes a bound PV and PVC, both named image, for an image that
+// is there.
+func bindVolume(ctx context.Context, t *testing.T, image string, mode v1.PersistentVolumeAccessMode) string {
+	t.Helper()
+	client := env.cp.Client
 	size := resource.MustParse("64Mi")
 	pvc := &v1.PersistentVolumeClaim{
 		ObjectMeta: metav1.ObjectMeta{Name: image, Namespace: namespace},

@@ -88,6 +88,9 @@ func main() {
 	if state != "" {
 		logCall(state, tool, args)
 	}
+	if tool == "rbd" && state != "" && isHolderRecordWrite(args) {
+		holdRecord(state)
+	}
 	if tool == "rbd" && len(args) > 0 && state != "" {
 		switch args[0] {
 		case "map":
@@ -113,6 +116,33 @@ func main() {
 		fmt.Fprintf(os.Stderr, "rbd-shim: exec %s: %v\n", real, err)
 		os.Exit(1)
 	}
+}
+
+// holderPrefix starts the metadata keys of the plugin's holder records.
+const holderPrefix = "kubernetes.io/rbd-fence.holder."
+
+// isHolderRecordWrite reports whether args write a holder record.
+func isHolderRecordWrite(args []string) bool {
+	return len(args) > 3 && args[0] == "image-meta" && args[1] == "set" && strings.HasPrefix(args[3], holderPrefix)
+}
+
+// holdRecord waits, while the test holds record writes, between the map
+// and the record: the test freezes the node there.
+func holdRecord(state string) {
+	hold := filepath.Join(state, kubelet.HoldRecordFile)
+	if _, err := os.Stat(hold); err != nil {
+		return
+	}
+	logLine(state, "shim held a holder record write")
+	_ = os.WriteFile(filepath.Join(state, kubelet.RecordHeldFile), nil, 0o644)
+	for {
+		if _, err := os.Stat(hold); err != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = os.Remove(filepath.Join(state, kubelet.RecordHeldFile))
+	logLine(state, "shim released a holder record write")
 }
 
 // redact hides a key given on argv (the stock plugin's --key=…).

@@ -322,6 +322,13 @@ func (c *Cluster) CreateImage(ctx context.Context, name string, sizeMiB int) err
 	return err
 }
 
+// CopyImage copies src to dst with "rbd cp", as an operator makes a copy of
+// an image: the copy has its metadata too.
+func (c *Cluster) CopyImage(ctx context.Context, src, dst string) error {
+	_, err := c.run(ctx, 120*time.Second, "rbd", "cp", c.opts.Pool+"/"+src, c.opts.Pool+"/"+dst)
+	return err
+}
+
 // ImageMeta returns the image's metadata as the admin sees it.
 func (c *Cluster) ImageMeta(ctx context.Context, image string) (map[string]string, error) {
 	out, err := c.run(ctx, 15*time.Second, "rbd", "image-meta", "list", c.opts.Pool+"/"+image, "--format", "json")

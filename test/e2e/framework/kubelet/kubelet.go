@@ -361,6 +361,40 @@ func (n *Node) PowerOff() error {
 	return nil
 }
 
+// Freeze stops the node whole and cuts its link, but kills nothing: when
+// it runs again its kubelet carries on with the call it was in (a paused
+// VM).
+func (n *Node) Freeze() error {
+	if err := n.Cgroup.Freeze(10 * time.Second); err != nil {
+		return err
+	}
+	return n.Net.LinkDown()
+}
+
+// HoldRecord makes the node's next holder-record write wait in the shim,
+// after the map and before the record reaches Ceph, until ReleaseRecord.
+func (n *Node) HoldRecord() error {
+	return os.WriteFile(filepath.Join(n.state(), HoldRecordFile), nil, 0o644)
+}
+
+// RecordHeld reports whether a holder-record write waits in the shim.
+func (n *Node) RecordHeld() bool {
+	_, err := os.Stat(filepath.Join(n.state(), RecordHeldFile))
+	return err == nil
+}
+
+// ReleaseRecord lets a held record write go on.
+func (n *Node) ReleaseRecord() error {
+	return os.Remove(filepath.Join(n.state(), HoldRecordFile))
+}
+
+// The shim's hold of a holder-record write: while HoldRecordFile is in its
+// state directory, a record write says RecordHeldFile and waits.
+const (
+	HoldRecordFile = "hold-record"
+	RecordHeldFile = "record-held"
+)
+
 // WakeUp lets a node that was powered off (or frozen) run again, with its
 // link back: what survived of it (its Ceph clients, with their mappings
 // and the writes they queued) carries on where it stopped.
@@ -384,6 +418,7 @@ func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
 
 // Mapping is one of the node's mappings: the Ceph client behind a device.
 type Mapping struct {
+	Image   string `json:"image"`
 	Client  uint64 `json:"client"`
 	Address string `json:"address"`
 }
