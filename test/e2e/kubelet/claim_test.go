@@ -24,17 +24,23 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 )
 
 // TestFrozenBetweenMapAndRecord: node-a's kubelet maps the image for app-1
 // and, before its holder record reaches Ceph, the whole node stops (a
-// paused VM: frozen, link down, nothing killed). Its watch expires; app-1
-// is evicted; the controller hands the volume to node-b, whose kubelet
-// finds no record of node-a, so fences nobody, and maps. Then node-a runs
-// again: its record lands, and its verify reads node-b's record (and
-// watch), so it unmaps and hands out nothing. Patched only: the record and
-// the verify are the fence's.
+// paused VM: frozen, link down, nothing killed). Its watch expires. The
+// operator takes it for shut down and taints it out-of-service (upstream's
+// non-graceful shutdown; app-1 never started, so the unreachable-node path,
+// which waits for a running pod's deletion, does not apply). The
+// controller hands the volume to node-b, whose kubelet finds no record of
+// node-a, so fences nobody, and maps. Then node-a runs again: its record
+// lands, and its verify reads node-b's record (and watch), so it unmaps
+// and hands out nothing. Patched only: the record and the verify are the
+// fence's.
 func TestFrozenBetweenMapAndRecord(t *testing.T) {
 	r := variant{build: patched}
 	ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
@@ -45,6 +51,8 @@ func TestFrozenBetweenMapAndRecord(t *testing.T) {
 	if err := nodeA.HoldRecord(); err != nil {
 		t.Fatal(err)
 	}
+	// However the test ends, the shim must not wait for good.
+	t.Cleanup(func() { _ = nodeA.ReleaseRecord() })
 	podA := s.createPod(nodeA, evictionToleration())
 	poll(ctx, t, "node-a's kubelet mapped and is about to record", podRunningTimeout, func(ctx context.Context) (bool, error) {
 		return nodeA.RecordHeld(), nil
@@ -67,9 +75,11 @@ func TestFrozenBetweenMapAndRecord(t *testing.T) {
 	poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) {
 		return !ready(ctx, nodeA), nil
 	})
-	poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
+	taintOutOfService(ctx, t, nodeA)
+	s.tl.Mark(laneControl, "node-a tainted out-of-service")
+	poll(ctx, t, "app-1 deleted", failoverTimeout(), func(ctx context.Context) (bool, error) {
 		p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-		return err == nil && p.DeletionTimestamp != nil, nil
+		return apierrors.IsNotFound(err) || (err == nil && p.DeletionTimestamp != nil), nil
 	})
 	podB := s.createPod(nodeB, evictionToleration())
 	running := s.waitRunning(podB, failoverTimeout())
@@ -206,6 +216,20 @@ func TestCopyOfAnImageInUse(t *testing.T) {
 	}
 	s.outcome = "node-b mapped the copy read-write and fenced nobody; node-a kept writing its own image; the copy's inherited record removed"
 	s.finish(expectNoDouble)
+}
+
+// taintOutOfService marks n as shut down, as an operator does for
+// upstream's non-graceful node shutdown.
+func taintOutOfService(ctx context.Context, t *testing.T, n *kubelet.Node) {
+	t.Helper()
+	node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Spec.Taints = append(node.Spec.Taints, v1.Taint{Key: v1.TaintNodeOutOfService, Value: "nodeshutdown", Effect: v1.TaintEffectNoExecute})
+	if _, err := env.cp.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("taint %s out-of-service: %v", n.Name, err)
+	}
 }
 
 // holderNamed reports whether meta has a holder record naming addr.

@@ -63,7 +63,7 @@ var scenarios = map[string]string{
 	"kubelet-restart": "node-a cut off from the API server only; node-b's kubelet restarted while it waits in the gate; " +
 		"partition healed; node-b's kubelet restarted again while it runs the pod",
 	"healthy-race": "every node Ready; a second pod for the claim on node-b",
-	"map-record-freeze": "node-a frozen whole (nothing killed) after its map and before its holder record; its pod evicted; " +
+	"map-record-freeze": "node-a frozen whole (nothing killed) after its map and before its holder record; tainted out-of-service; " +
 		"replacement on node-b; node-a runs again",
 	"copy-in-use":    "node-a runs a pod on its image; the image is copied (rbd cp, records included); a pod on node-b uses the copy",
 	"short-notready": "node-a NotReady for a while (API cut off), its pod not evicted; a second pod for the claim on node-b; node-a back",

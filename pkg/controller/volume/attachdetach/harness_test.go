@@ -95,7 +95,7 @@ func node(name string, state nodeState) *v1.Node {
 // fencingKubelet is the version a patched kubelet reports: the build
 // metadata says it blocklists an image's previous holder before mapping.
 const (
-	fencingKubelet = "v1.30.14+rbdfailover.3"
+	fencingKubelet = "v1.30.14+rbdfailover.5"
 	stockKubelet   = "v1.30.14"
 )
 
