@@ -87,11 +87,17 @@ func (n *node) attach(vol rbdplugin.Volume) error {
 
 // TestFrozenHolder is the hazard of an expired watch: node-a's mapping is
 // frozen (a paused VM, a hung kernel) until its watch expires; node-b's gate
-// then sees no watcher and maps; node-a wakes up and writes. With the fence,
-// node-b blocklists node-a's recorded client before it maps, and node-a's
-// write fails. Without it (stock), node-a's write lands on node-b's data.
+// then sees no watcher and maps; node-a wakes up and writes. Without the
+// fence (stock), node-a's write lands on node-b's data. The patched plugin
+// records a mapping only once it has found the device and read its client
+// (fence v2), and this suite has no devices: the patched row is the kubelet
+// suite's TestPowerOff/patched and TestCutOffFromBoth/patched, on real
+// kubelets with devices.
 func TestFrozenHolder(t *testing.T) {
 	build := pluginBuild()
+	if build == "patched" {
+		t.Skip("the patched plugin records only a mapping whose device it found; the kubelet suite plays this row (TestPowerOff/patched)")
+	}
 	vol := newImage(t, "frozen-"+build)
 	a, b := newNode(t, "node-a"), newNode(t, "node-b")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -104,14 +110,6 @@ func TestFrozenHolder(t *testing.T) {
 	if err := devA.Write(0, "A1 node-a before the freeze", 30*time.Second); err != nil {
 		t.Fatalf("node-a write: %v", err)
 	}
-	meta, err := cluster.ImageMeta(ctx, vol.Image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recordA := meta[fmt.Sprintf("kubernetes.io/rbd-fence.holder.client.%d", devA.Client)]
-	if build == "patched" && !strings.Contains(recordA, devA.Address) {
-		t.Fatalf("node-a's mapping %s (client.%d) is not recorded on the image: %v", devA.Address, devA.Client, meta)
-	}
 
 	// Freeze node-a's mapping and wait for its watch to expire.
 	if err := devA.Freeze(); err != nil {
@@ -121,36 +119,12 @@ func TestFrozenHolder(t *testing.T) {
 	waitNoWatchers(ctx, t, vol.Image)
 	expired := time.Since(frozen)
 
-	start := time.Now()
 	if err := b.attach(vol); err != nil {
 		t.Fatalf("node-b attach: %v", err)
 	}
-	attachB := time.Since(start)
 	devB := b.device()
 	if err := devB.Write(0, "B1 node-b after the failover", 30*time.Second); err != nil {
 		t.Fatalf("node-b write: %v", err)
-	}
-
-	// What node-b's plugin ran, in order.
-	var fenceAt, mapAt time.Time
-	for _, c := range b.exec.Calls("ceph", "osd") {
-		if len(c.Args) > 4 && c.Args[3] == "add" && c.Args[4] == devA.Address {
-			fenceAt = c.Start
-		}
-	}
-	if maps := b.exec.Calls("rbd", "map"); len(maps) > 0 {
-		mapAt = maps[0].Start
-		if !contains(maps[0].Args, "noshare") && build == "patched" {
-			t.Errorf("node-b's read-write map is not its own Ceph client: %q", maps[0].Args)
-		}
-	}
-	blocklisted, err := cluster.Blocklisted(ctx, devA.Address)
-	if err != nil {
-		t.Fatal(err)
-	}
-	expiry, _, err := cluster.BlocklistExpiry(ctx, devA.Address)
-	if err != nil {
-		t.Fatal(err)
 	}
 
 	// Node-a wakes up and writes.
@@ -171,41 +145,11 @@ func TestFrozenHolder(t *testing.T) {
 	if strings.HasPrefix(got, "A2") {
 		landed = 1
 	}
-
-	switch build {
-	case "patched":
-		if fenceAt.IsZero() || !blocklisted {
-			t.Errorf("node-b did not blocklist node-a's client %s (blocklisted: %v)", devA.Address, blocklisted)
-		} else if !fenceAt.Before(mapAt) {
-			t.Errorf("node-b blocklisted node-a at %v, after its map at %v", fenceAt, mapAt)
-		}
-		// The plugin asks for 30 days (rbdFenceBlocklistExpiry), not the
-		// monitors' one-hour default: a node cut off for longer stays fenced.
-		if left := time.Until(expiry); left < 29*24*time.Hour || left > 31*24*time.Hour {
-			t.Errorf("node-a's blocklist entry expires at %v (in %v), want in about 30 days", expiry, left.Round(time.Hour))
-		}
-		// What counts is the image: librbd may acknowledge a fenced
-		// client's write that never reaches the OSDs.
-		if !strings.HasPrefix(got, "B1") {
-			t.Errorf("the image holds %q after node-a woke up and wrote (error %v), want node-b's data", got, staleErr)
-		}
-		meta, err := cluster.ImageMeta(ctx, vol.Image)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := meta[fmt.Sprintf("kubernetes.io/rbd-fence.holder.client.%d", devB.Client)]; !ok || len(holderKeys(meta)) != 1 {
-			t.Errorf("after the failover the image's holder records are %v, want node-b's (client.%d) alone", holderKeys(meta), devB.Client)
-		}
-		report("- frozen holder, patched plugin: node-a's watch expired %v after the freeze; node-b's attach took %v, blocklisted node-a's client %s %v before its map (the entry expires in %v); node-a woke up: %d of 1 write on the image (librbd said: %v); image reads %q\n",
-			expired.Round(100*time.Millisecond), attachB.Round(10*time.Millisecond), devA.Address,
-			mapAt.Sub(fenceAt).Round(time.Millisecond), time.Until(expiry).Round(time.Hour), landed, staleErr, got)
-	default:
-		if landed == 0 {
-			t.Errorf("the stock plugin's hazard did not show: node-a's write error %v, image reads %q", staleErr, got)
-		}
-		report("- frozen holder, stock plugin: node-a's watch expired %v after the freeze; node-b mapped without a fence; node-a woke up: %d of 1 write landed, over node-b's data; image reads %q\n",
-			expired.Round(100*time.Millisecond), landed, got)
+	if landed == 0 {
+		t.Errorf("the stock plugin's hazard did not show: node-a's write error %v, image reads %q", staleErr, got)
 	}
+	report("- frozen holder, stock plugin: node-a's watch expired %v after the freeze; node-b mapped without a fence; node-a woke up: %d of 1 write landed, over node-b's data; image reads %q\n",
+		expired.Round(100*time.Millisecond), landed, got)
 }
 
 // TestFenceRefusedWithoutTheMonitorCapability: the image records a holder
@@ -273,18 +217,19 @@ func holderKeys(meta map[string]string) []string {
 	return keys
 }
 
-// TestFenceAndRecordCost measures what the fence and the record add to an
-// attach: the fence from the first "rbd image-meta list" to the start of
-// "rbd map" (nothing to fence on an ordinary attach; one blocklist on a
-// failover), the record from the first "rbd status" after the map to the
-// end of the last "rbd image-meta set". Figures go to the report, not into
-// assertions.
+// TestFenceAndRecordCost measures what the fence adds to an attach: from the
+// first "rbd image-meta list" to the start of "rbd map", with nothing to
+// fence (an ordinary attach) and with one client to blocklist (a failover:
+// the record of a client that is gone, as after a kubelet restart, costs
+// the same as a live one's). The record and verify after the map need a
+// device, which this suite does not have: the kubelet suite's timelines
+// show them. Figures go to the report, not into assertions.
 func TestFenceAndRecordCost(t *testing.T) {
 	if pluginBuild() != "patched" {
 		t.Skip("the stock plugin neither fences nor records")
 	}
 	t.Parallel()
-	var record, fenceNone, fenceOne []time.Duration
+	var fenceNone, fenceOne []time.Duration
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for i := 0; i < 3; i++ {
@@ -294,25 +239,33 @@ func TestFenceAndRecordCost(t *testing.T) {
 			t.Fatalf("node-a attach: %v", err)
 		}
 		fenceNone = append(fenceNone, fenceCost(t, a.exec))
-		record = append(record, recordCost(t, a.exec))
-		// Node-a lets go without removing its record, as after a kubelet
-		// restart: node-b fences a client that is gone, which costs the
-		// same as fencing a live one.
 		a.device().Close()
 		waitNoWatchers(ctx, t, vol.Image)
+		gone := fmt.Sprintf("10.201.9.9:0/%d", 20000+i)
+		if err := cluster.SetImageMeta(ctx, vol.Image, fmt.Sprintf("kubernetes.io/rbd-fence.holder.client.%d", 990000+i),
+			fmt.Sprintf(`{"address":%q,"client":%d,"node":"gone-node"}`, gone, 990000+i)); err != nil {
+			t.Fatal(err)
+		}
 		b := newNode(t, "node-b")
 		if err := b.attach(vol); err != nil {
 			t.Fatalf("node-b attach: %v", err)
 		}
 		if len(b.exec.Calls("ceph", "osd")) == 0 {
-			t.Fatalf("node-b did not fence node-a's recorded client")
+			t.Fatalf("node-b did not fence the recorded client %s", gone)
+		}
+		// The plugin asks for 30 days (rbdFenceBlocklistExpiry), not the
+		// monitors' one-hour default: a node cut off for longer stays fenced.
+		expiry, listed, err := cluster.BlocklistExpiry(ctx, gone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := time.Until(expiry); !listed || left < 29*24*time.Hour || left > 31*24*time.Hour {
+			t.Errorf("%s blocklisted: %v, its entry expires at %v (in %v), want in about 30 days", gone, listed, expiry, left.Round(time.Hour))
 		}
 		fenceOne = append(fenceOne, fenceCost(t, b.exec))
-		record = append(record, recordCost(t, b.exec))
 	}
 	report("- cost of the fence before a map: nothing to fence p50 %v max %v; one client to blocklist p50 %v max %v (%d attaches each)\n",
 		p50(fenceNone), maxOf(fenceNone), p50(fenceOne), maxOf(fenceOne), len(fenceOne))
-	report("- cost of the post-map check and record: p50 %v max %v (%d attaches)\n", p50(record), maxOf(record), len(record))
 }
 
 func fenceCost(t *testing.T, e *rbdplugin.MapExec) time.Duration {
@@ -322,27 +275,6 @@ func fenceCost(t *testing.T, e *rbdplugin.MapExec) time.Duration {
 		t.Fatalf("no image-meta or map call to measure")
 	}
 	return maps[0].Start.Sub(lists[0].Start)
-}
-
-func recordCost(t *testing.T, e *rbdplugin.MapExec) time.Duration {
-	t.Helper()
-	maps := e.Calls("rbd", "map")
-	var start, end time.Time
-	for _, c := range e.Calls("rbd", "") {
-		if c.Start.Before(maps[0].Start) {
-			continue
-		}
-		if len(c.Args) > 1 && c.Args[1] == "status" && start.IsZero() {
-			start = c.Start
-		}
-		if len(c.Args) > 2 && c.Args[1] == "image-meta" && c.Args[2] == "set" {
-			end = c.End
-		}
-	}
-	if start.IsZero() || end.IsZero() {
-		t.Fatalf("no post-map status or record to measure")
-	}
-	return end.Sub(start)
 }
 
 func p50(d []time.Duration) time.Duration {
