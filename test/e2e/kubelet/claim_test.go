@@ -222,12 +222,21 @@ func TestCopyOfAnImageInUse(t *testing.T) {
 // upstream's non-graceful node shutdown.
 func taintOutOfService(ctx context.Context, t *testing.T, n *kubelet.Node) {
 	t.Helper()
-	node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	// The node lifecycle controller writes the same Node (its NotReady
+	// taints), so an update can lose the race: read again and retry.
+	var err error
+	for attempt := 0; attempt < 10; attempt++ {
+		var node *v1.Node
+		node, err = env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			break
+		}
+		node.Spec.Taints = append(node.Spec.Taints, v1.Taint{Key: v1.TaintNodeOutOfService, Value: "nodeshutdown", Effect: v1.TaintEffectNoExecute})
+		if _, err = env.cp.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+			break
+		}
 	}
-	node.Spec.Taints = append(node.Spec.Taints, v1.Taint{Key: v1.TaintNodeOutOfService, Value: "nodeshutdown", Effect: v1.TaintEffectNoExecute})
-	if _, err := env.cp.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+	if err != nil {
 		t.Fatalf("taint %s out-of-service: %v", n.Name, err)
 	}
 }
