@@ -72,9 +72,7 @@ func TestFrozenBetweenMapAndRecord(t *testing.T) {
 	if err := nodeA.Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) {
-		return !ready(ctx, nodeA), nil
-	})
+	poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 	taintOutOfService(ctx, t, nodeA)
 	s.tl.Mark(laneControl, "node-a tainted out-of-service")
 	poll(ctx, t, "app-1 deleted", failoverTimeout(), func(ctx context.Context) (bool, error) {

@@ -125,6 +125,23 @@ func bindVolume(ctx context.Context, t *testing.T, image string, mode v1.Persist
 // podOption changes a pod before it is created.
 type podOption func(*v1.Pod)
 
+// withoutVolume makes a pod that uses no volume.
+func withoutVolume(p *v1.Pod) {
+	p.Spec.Volumes = nil
+	for i := range p.Spec.Containers {
+		p.Spec.Containers[i].VolumeMounts = nil
+	}
+}
+
+// waitPodRunning waits until p is Running and returns when it saw that.
+func waitPodRunning(ctx context.Context, t *testing.T, p *v1.Pod, timeout time.Duration) time.Time {
+	t.Helper()
+	return poll(ctx, t, p.Name+" Running", timeout, func(ctx context.Context) (bool, error) {
+		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
+		return err == nil && q.Status.Phase == v1.PodRunning, nil
+	})
+}
+
 // evictionToleration is how long the scenarios' pods stay on a node that
 // is unreachable or not ready: 0 s (evicted at once), TOLERATION_SECONDS,
 // or with TOLERATION_SECONDS=upstream what upstream's admission gives a pod
@@ -225,7 +242,24 @@ func startNode(ctx context.Context, t *testing.T, name, build string) *kubelet.N
 		}
 		return false, nil
 	})
+	checkKubeletVersion(ctx, t, name, build)
 	return n
+}
+
+// checkKubeletVersion fails the run unless the node's kubelet reports the
+// build it was started from: the patched build's version carries the
+// series' revision (the controller trusts that to fence), stock's does not.
+func checkKubeletVersion(ctx context.Context, t *testing.T, name, build string) {
+	t.Helper()
+	node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("read node %s: %v", name, err)
+	}
+	got := node.Status.NodeInfo.KubeletVersion
+	want := kubeletVersion("E2E_KUBELET_" + strings.ToUpper(build))
+	if got != want || strings.Contains(got, "+rbdfailover.") != (build == patched) {
+		t.Fatalf("node %s reports kubelet %q; the %s build is %q", name, got, build, want)
+	}
 }
 
 // readBack maps image read-only on the host, outside every node, through

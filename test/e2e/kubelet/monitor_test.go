@@ -28,37 +28,35 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 )
 
 // monitorInterval is how often the monitor samples.
 const monitorInterval = 300 * time.Millisecond
 
-// expectation is what a scenario's monitor must find.
+// expectation is what a scenario's verdict (from the call logs) must find.
 type expectation int
 
 const (
-	// expectNoDouble: no sample may see two writers.
+	// expectNoDouble: never two unfenced read-write mappings of the image
+	// at once, in use or not.
 	expectNoDouble expectation = iota
 	// expectDouble: the row shows the hazard (stock with ReadWriteMany):
-	// some sample must see two writers.
+	// an interval in which two unfenced mappings were both in use.
 	expectDouble
 	// expectUnmountedDouble: a second mapping may live beside the holder's
-	// for a while but is never mounted (the row checks that itself): node-a
-	// frozen between its map and its record, unmapping when it runs again.
+	// for a while but is never in use: node-a frozen between its map and
+	// its record, unmapping when it runs again.
 	expectUnmountedDouble
 )
 
-// monitor is a scenario's safety verdict and its timeline's source. It
-// counts two kinds of double mapping, whichever node claims them (every
-// mapping here is read-write): two watchers on the image at once (rbd
-// status as the admin), and two mappings on the nodes at once whose
-// clients are not blocklisted, whether or not they still watch: a frozen
-// or cut-off node's mapping has lost its watch but writes again when it
-// comes back, unless it is fenced (invariant 7). It also follows, from the
-// API, the nodes' Ready condition, the pods, the attachments and the
-// events, and each running node's mounts. A sample that cannot be read
-// fails the run.
+// monitor samples what a scenario's timeline shows: from the API, the
+// nodes' Ready condition, the pods, the attachments and the events; each
+// running node's mounts; and, as a second view beside the call logs'
+// verdict, the image's watchers (rbd status as the admin) and the
+// mappings both nodes hold whose clients are not blocklisted. A sample
+// that cannot be read fails the run.
 type monitor struct {
 	s    *scenario
 	done chan struct{}
@@ -67,17 +65,14 @@ type monitor struct {
 
 	mu      sync.Mutex
 	samples int
-	// doubles count samples with two watchers, unfenced samples with two
-	// mappings whose clients are not blocklisted. A watcher counts once it
-	// is in two samples in a row: the rbd image-meta commands of the fence
-	// open the image, and so watch it, for some tens of milliseconds, a
-	// mapping for as long as it lives. transient counts samples with a
-	// second watcher seen once.
-	doubles, unfenced, transient int
-	// lastWatchers are the clients of the previous sample.
-	lastWatchers map[uint64]bool
-	double       string
-	errors       []string
+	// doubles counts samples with two or more watchers (a second view:
+	// the fence's rbd image-meta commands open the image, and so watch it,
+	// for some tens of milliseconds), unfenced samples in which two nodes
+	// hold mappings whose clients are not blocklisted.
+	doubles, unfenced int
+	double            string
+	firstUnfenced     time.Time
+	errors            []string
 	// last is the last value seen of each followed thing, by key.
 	last map[string]string
 	// seenEvents are the API events already on the timeline.
@@ -161,24 +156,11 @@ func (m *monitor) sample() {
 		}
 		m.changed(now, laneCeph, "watchers", state)
 		m.mu.Lock()
-		persistent := 0
-		current := map[uint64]bool{}
-		for _, w := range watchers {
-			current[w.Client] = true
-			if m.lastWatchers[w.Client] {
-				persistent++
-			}
-		}
-		m.lastWatchers = current
-		switch {
-		case persistent > 1:
+		if len(watchers) > 1 {
 			m.doubles++
 			if m.double == "" {
 				m.double = fmt.Sprintf("at %s: %s", now.Format(time.RFC3339Nano), state)
-				s.tl.Add(now, laneCeph, "double mapping")
 			}
-		case len(watchers) > 1:
-			m.transient++
 		}
 		m.mu.Unlock()
 	}
@@ -318,31 +300,23 @@ func (m *monitor) sampleMappings(ctx context.Context) {
 	if live > 1 {
 		m.unfenced++
 		if m.unfenced == 1 {
-			s.tl.Add(now, laneCeph, "two unfenced mappings")
+			m.firstUnfenced = now
+			s.tl.Add(now, laneCeph, "two unfenced mappings (sampled)")
 		}
 	}
 }
 
-// verdict fails the scenario on a double mapping where none may be, on
-// none where the row must show the hazard, and on samples that could not
-// be read.
-func (m *monitor) verdict(want expectation) {
+// crossCheck holds the sampled view against the call logs' accounting:
+// a sample that saw two nodes holding unfenced mappings of the image must
+// fall where the logs found two unfenced mappings too, or the logs missed
+// something. Samples that could not be read fail the run.
+func (m *monitor) crossCheck(acc calllog.Accounting, want expectation) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.s.t
-	if want == expectNoDouble && m.doubles > 0 {
-		t.Errorf("double mapping: %d of %d samples saw two watchers on %s; first %s", m.doubles, m.samples, m.s.claim, m.double)
-	}
-	if want == expectNoDouble && m.unfenced > 0 {
-		t.Errorf("double mapping: %d of %d samples saw two nodes holding mappings of %s whose clients are not blocklisted",
-			m.unfenced, m.samples, m.s.claim)
-	}
-	if want == expectUnmountedDouble && (m.doubles > 0 || m.unfenced > 0) {
-		t.Logf("a second mapping lived beside the holder's: %d samples saw two watchers, %d two unfenced mappings (never mounted)",
-			m.doubles, m.unfenced)
-	}
-	if want == expectDouble && m.unfenced == 0 {
-		t.Errorf("the hazard did not show: no sample saw two unfenced mappings of %s", m.s.claim)
+	if m.unfenced > 0 && len(acc.Overlaps) == 0 {
+		t.Errorf("%d samples saw two nodes holding unfenced mappings of %s (first at %s), the call logs none",
+			m.unfenced, m.s.claim, m.firstUnfenced.Format(time.RFC3339Nano))
 	}
 	if len(m.errors) > 0 {
 		t.Errorf("the safety monitor could not read the image's watchers %d of %d times; first: %s", len(m.errors), m.samples, m.errors[0])

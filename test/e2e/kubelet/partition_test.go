@@ -27,17 +27,25 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 )
 
 // eachBuild runs scenario name against stock, then patched, and draws the
 // two timelines side by side.
 func eachBuild(t *testing.T, name string, run func(s *scenario)) {
+	eachVariant(t, name, []variant{{build: stock}, {build: patched}}, run)
+}
+
+// eachVariant runs scenario name for each variant, in order, and draws
+// the timelines side by side.
+func eachVariant(t *testing.T, name string, variants []variant, run func(s *scenario)) {
 	var runs []*scenario
-	for _, build := range []string{stock, patched} {
-		t.Run(build, func(t *testing.T) {
+	for _, r := range variants {
+		t.Run(r.id(), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 			defer cancel()
-			s := newScenario(ctx, t, name, variant{build: build})
+			s := newScenario(ctx, t, name, r)
 			runs = append(runs, s)
 			run(s)
 		})
@@ -70,7 +78,7 @@ func TestPartitionFromTheAPIServer(t *testing.T) {
 		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
 			t.Fatal(err)
 		}
-		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
 			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 			return err == nil && p.DeletionTimestamp != nil, nil
@@ -141,8 +149,8 @@ func TestPartitionFromCeph(t *testing.T) {
 		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
 			t.Errorf("the volume was attached to or mapped on node-b while node-a ran the pod")
 		}
-		if !ready(ctx, nodeA) {
-			t.Errorf("node-a is not Ready: the scenario wants it alive for the API server")
+		if r, err := ready(ctx, nodeA); err != nil || !r {
+			t.Errorf("node-a is not Ready (%v): the scenario wants it alive for the API server", err)
 		}
 		s.tl.Mark(laneA, "Ceph reachable again")
 		if err := nodeA.Net.Reconnect(env.hub.CephIP); err != nil {
@@ -163,16 +171,48 @@ func TestPartitionFromCeph(t *testing.T) {
 // Multi-Attach error, nothing attached or mapped on node-b (invariant 3).
 func TestSecondPodWhileBothNodesAreReady(t *testing.T) {
 	eachBuild(t, "healthy-race", func(s *scenario) {
-		t := s.t
+		t, ctx := s.t, s.ctx
 		podA := s.createPod(s.nodeA)
 		s.waitRunning(podA, podRunningTimeout)
+		mappings := s.nodeA.Mappings()
+		if len(mappings) != 1 {
+			t.Fatalf("node-a has %d mappings, want 1", len(mappings))
+		}
+		holder := mappings[0].Client
 		s.tl.SetStart(time.Now())
 		podB := s.createPod(s.nodeB)
+		// The scenario's preconditions, for its whole window: both nodes
+		// Ready and node-a's watch on the image. A lapse would make it
+		// another scenario (a failover), so it fails the run.
+		checks := 0
+		healthy := func() {
+			checks++
+			for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
+				if r, err := ready(ctx, n); err != nil || !r {
+					t.Fatalf("%s not Ready (%v) during the healthy race: its precondition does not hold", s.lane(n), err)
+				}
+			}
+			watchers, err := env.cluster.Watchers(ctx, s.claim)
+			if err != nil {
+				t.Fatalf("read the watchers: %v", err)
+			}
+			for _, w := range watchers {
+				if w.Client == holder {
+					return
+				}
+			}
+			t.Fatalf("node-a's watch (client.%d) is not on the image during the healthy race (watchers %v): its precondition does not hold",
+				holder, watchers)
+		}
+		healthy()
 		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
-		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(s.nodeB) || len(s.nodeB.Devices()) > 0 }) {
+		if !s.neverWithin(2*env.watchTimeout, func() bool {
+			healthy()
+			return s.attached(s.nodeB) || len(s.nodeB.Devices()) > 0
+		}) {
 			t.Errorf("the volume was attached to or mapped on node-b while node-a ran the pod")
 		}
-		s.note("event: %s", msg)
+		s.note("event: %s; both nodes Ready and node-a's watch present at each of %d checks", msg, checks)
 		s.outcome = fmt.Sprintf("Multi-Attach error, nothing attached or mapped on node-b for %v", 2*env.watchTimeout)
 		s.finish(expectNoDouble)
 	})
@@ -193,7 +233,7 @@ func TestShortNotReady(t *testing.T) {
 		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
 			t.Fatal(err)
 		}
-		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		podB := s.createPod(nodeB)
 		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
 		if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
@@ -203,7 +243,7 @@ func TestShortNotReady(t *testing.T) {
 		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
 			t.Fatal(err)
 		}
-		poll(ctx, t, "node-a Ready again", failoverTimeout(), func(ctx context.Context) (bool, error) { return ready(ctx, nodeA), nil })
+		poll(ctx, t, "node-a Ready again", failoverTimeout(), func(ctx context.Context) (bool, error) { return ready(ctx, nodeA) })
 		if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 || !s.attached(nodeA) }) {
 			t.Errorf("after node-a came back the volume is not attached to node-a only")
 		}
@@ -229,8 +269,12 @@ func TestShortNotReady(t *testing.T) {
 //     go of the evicted pod (unmount, unmap) on a fenced client.
 //   - stock: Multi-Attach while node-a is cut off; once it is reconnected
 //     its kubelet lets go, and node-b runs the pod with every record.
+//   - stock with the PV ReadWriteMany (the unfenced control): node-b runs
+//     the pod while node-a is cut off; node-a's write across the reconnect
+//     lands on the image under node-b's filesystem.
 func TestCutOffFromBoth(t *testing.T) {
-	eachBuild(t, "cut-off", func(s *scenario) {
+	variants := []variant{{build: stock}, {build: stock, mode: v1.ReadWriteMany}, {build: patched}}
+	eachVariant(t, "cut-off", variants, func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		podA := s.createPod(nodeA, evictionToleration())
 		s.waitRunning(podA, podRunningTimeout)
@@ -251,7 +295,7 @@ func TestCutOffFromBoth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
 			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 			return err == nil && p.DeletionTimestamp != nil, nil
@@ -267,7 +311,7 @@ func TestCutOffFromBoth(t *testing.T) {
 			}
 			return time.Now()
 		}
-		if s.build == stock {
+		if s.build == stock && s.mode != v1.ReadWriteMany {
 			msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
 			if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
 				t.Errorf("stock attached or mapped the volume on node-b while node-a ran the pod")
@@ -294,43 +338,47 @@ func TestCutOffFromBoth(t *testing.T) {
 		if found != synced {
 			t.Errorf("node-b reads %d of the %d records node-a synced before the cut", found, synced)
 		}
-		if fenced, err := env.cluster.Blocklisted(ctx, watchers[0].Address); err != nil || !fenced {
-			t.Errorf("node-a's client %s is not blocklisted after node-b mapped (%v)", watchers[0].Address, err)
+		if s.build == patched {
+			if fenced, err := env.cluster.Blocklisted(ctx, watchers[0].Address); err != nil || !fenced {
+				t.Errorf("node-a's client %s is not blocklisted after node-b mapped (%v)", watchers[0].Address, err)
+			}
+			s.checkFencedBeforeMap(nodeB, watchers[0].Address)
 		}
-		s.checkFencedBeforeMap(nodeB, watchers[0].Address)
 
 		// node-a's application writes while still cut off: its client
 		// queues the write; then node-a is reconnected.
-		type result struct {
-			out []byte
-			err error
-		}
-		stale := make(chan result, 1)
-		go func() {
-			out, err := s.staleWrite(clients[0], volA)
-			stale <- result{out, err}
-		}()
+		written := make(chan stale, 1)
+		go func() { written <- s.staleWrite(clients[0], volA) }()
 		time.Sleep(time.Second)
 		back := reconnect()
-		r := <-stale
-		s.tl.Mark(laneA, "application write from before the reconnect: %s", staleResult(r.out, r.err))
-		if r.err == nil {
-			t.Errorf("node-a's write across the reconnect was acknowledged: its client should be fenced")
+		r := <-written
+		s.tl.Mark(laneA, "application write from before the reconnect: %s", r)
+		if s.build == patched {
+			s.checkStaleWriteFailed(r)
 		}
 		// Up for two watch timeouts, so that the monitor sees node-a's
 		// client if it comes back beside node-b's.
 		time.Sleep(time.Until(back.Add(2 * env.watchTimeout)))
 		landed := s.staleWriteLanded(markerOffset)
-		if landed {
-			t.Errorf("node-a's write across the reconnect is on the image: node-b should have fenced it")
-		}
 		gone := poll(ctx, t, "app-1 gone (node-a's kubelet let go of it)", podGoneTimeout, func(ctx context.Context) (bool, error) {
 			_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 			return apierrors.IsNotFound(err) && len(nodeA.Devices()) == 0, nil
 		})
 		// node-a's client is gone now: nothing of it can land any more.
-		if s.staleWriteLanded(markerOffset) {
-			t.Errorf("node-a's write across the reconnect is on the image once node-a let go")
+		landedAfter := s.staleWriteLanded(markerOffset)
+		s.note("node-a's write across the reconnect: %s, on the image: %v (%v once node-a let go); node-a unmounted and unmapped %v after it was reconnected",
+			r, landed, landedAfter, gone.Sub(back).Round(100*time.Millisecond))
+		if s.build == stock {
+			if !landed || !landedAfter {
+				t.Errorf("stock with ReadWriteMany: node-a's write across the reconnect is not on the image; the hazard did not show")
+			}
+			s.outcome = fmt.Sprintf("app-2 Running on node-b %v after the cut, no fence; node-a reconnected and its write landed on the image under node-b's filesystem",
+				running.Sub(cut).Round(100*time.Millisecond))
+			s.finish(expectDouble)
+			return
+		}
+		if landed || landedAfter {
+			t.Errorf("node-a's write across the reconnect is on the image: node-b should have fenced it")
 		}
 		// node-a's cleanup on a fenced client removes its own record only:
 		// node-b's, which the next failover fences, stays.
@@ -339,8 +387,7 @@ func TestCutOffFromBoth(t *testing.T) {
 		if len(mapsB) != 1 || len(records) != 1 || !strings.Contains(records[0], `"`+mapsB[0].Address+`"`) {
 			t.Errorf("holder records after node-a let go: %q; want node-b's alone (its mappings %v)", records, mapsB)
 		}
-		s.note("node-a's write across the reconnect: %s, on the image: %v; node-a unmounted and unmapped %v after it was reconnected; the image's holder record is node-b's alone",
-			staleResult(r.out, r.err), landed, gone.Sub(back).Round(100*time.Millisecond))
+		s.note("the image's holder record is node-b's alone after node-a let go")
 		s.outcome = fmt.Sprintf("failed over: app-2 Running on node-b %v after the cut, %d/%d records; node-a fenced before node-b's map; its write across the reconnect failed and is not on the image; node-a let go of app-1",
 			running.Sub(cut).Round(100*time.Millisecond), found, synced)
 		s.finish(expectNoDouble)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,6 +106,10 @@ func testPowerOff(s *scenario, r variant) {
 	t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 	podA := s.createPod(nodeA, evictionToleration())
 	s.waitRunning(podA, podRunningTimeout)
+	// Beside it, a pod without a volume: its replacement shows what a
+	// failover costs without storage.
+	plainA := createPod(ctx, t, s.claim+"-plain-1", "", nodeA, evictionToleration(), withoutVolume)
+	waitPodRunning(ctx, t, plainA, podRunningTimeout)
 	const synced = 20
 	volA := s.writeRecords(nodeA, podA, synced)
 	markerOffset := s.writeMarker(nodeA, volA)
@@ -124,9 +129,7 @@ func testPowerOff(s *scenario, r variant) {
 	if err := nodeA.PowerOff(); err != nil {
 		t.Fatal(err)
 	}
-	notReady := poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) {
-		return !ready(ctx, nodeA), nil
-	})
+	notReady := poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 	evicted := poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
 		p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 		return err == nil && p.DeletionTimestamp != nil, nil
@@ -139,6 +142,8 @@ func testPowerOff(s *scenario, r variant) {
 		s.tl.Mark(laneControl, "kube-controller-manager stopped")
 	}
 	podB := s.createPod(nodeB, evictionToleration())
+	plainB := createPod(ctx, t, s.claim+"-plain-2", "", nodeB, evictionToleration(), withoutVolume)
+	plainCreated := time.Now()
 	if r.restartController {
 		time.Sleep(2 * time.Second)
 		// What the new controller rebuilds its state from.
@@ -174,6 +179,10 @@ func testPowerOff(s *scenario, r variant) {
 	}
 
 	running := s.waitRunning(podB, failoverTimeout())
+	plainRunning := waitPodRunning(ctx, t, plainB, failoverTimeout())
+	s.note("where the time goes: evicted → Running on node-b: app-2 (the RBD volume) %v, a pod without a volume %v (created %v after app-2)",
+		running.Sub(evicted).Round(100*time.Millisecond), plainRunning.Sub(evicted).Round(100*time.Millisecond),
+		plainCreated.Sub(evicted).Round(100*time.Millisecond))
 	found := s.recordsOn(nodeB, podB, synced)
 	if found != synced {
 		t.Errorf("node-b reads %d of the %d records node-a synced before the power-off", found, synced)
@@ -209,28 +218,27 @@ func testPowerOff(s *scenario, r variant) {
 	if !process.Alive(clients[0]) {
 		t.Fatalf("node-a's Ceph client (pid %d) did not survive the power-off: the stale write would prove nothing", clients[0])
 	}
-	staleOut, staleErr := s.staleWrite(clients[0], volA)
-	s.tl.Mark(laneA, "application write after waking: %s", staleResult(staleOut, staleErr))
+	staleW := s.staleWrite(clients[0], volA)
+	s.tl.Mark(laneA, "application write after waking: %s", staleW)
 	// Up for two watch timeouts, so that the monitor sees node-a's client
 	// if it comes back beside node-b's.
 	time.Sleep(time.Until(woke.Add(2 * env.watchTimeout)))
 	landed := s.staleWriteLanded(markerOffset)
-	s.note("app-2 Running on node-b %v after the power-off; %d of %d synced records read on node-b (journal replayed); node-a's client blocklisted: %v; node-a's write after it woke up: %s, on the image: %v",
-		running.Sub(powerOff).Round(100*time.Millisecond), found, synced, fenced, staleResult(staleOut, staleErr), landed)
+	// Once node-a's clients are dead nothing of theirs is still on its way.
+	landedAfterKill := s.staleWriteLandedAfterKill(nodeA, markerOffset)
+	s.note("app-2 Running on node-b %v after the power-off; %d of %d synced records read on node-b (journal replayed); node-a's client blocklisted: %v; node-a's write after it woke up: %s, on the image: %v (%v once node-a's clients were killed)",
+		running.Sub(powerOff).Round(100*time.Millisecond), found, synced, fenced, staleW, landed, landedAfterKill)
 	if s.build == patched {
-		if landed {
+		if landed || landedAfterKill {
 			t.Errorf("node-a's write after it woke up is on the image: node-b should have fenced it")
 		}
-		// A fenced client's write fails (or hangs until the 30 s bound).
-		if staleErr == nil {
-			t.Errorf("node-a's write after it woke up was acknowledged: its client should be fenced")
-		}
+		s.checkStaleWriteFailed(staleW)
 		s.outcome = fmt.Sprintf("failed over: app-2 Running on node-b %v after the power-off, %d/%d records there; node-a fenced before node-b's map, its write after waking failed and is not on the image",
 			running.Sub(powerOff).Round(100*time.Millisecond), found, synced)
 		s.finish(expectNoDouble)
 		return
 	}
-	if !landed {
+	if !landed || !landedAfterKill {
 		t.Errorf("stock with ReadWriteMany: node-a's write after it woke up is not on the image; the hazard did not show")
 	}
 	s.outcome = fmt.Sprintf("app-2 Running on node-b %v after the power-off, no fence; node-a woke up and its write landed on the image under node-b's filesystem",
@@ -259,15 +267,72 @@ func (s *scenario) writeMarker(n *kubelet.Node, vol string) int64 {
 	return offset
 }
 
+// staleWriteBound is how long node-a's write after it comes back may
+// take: a fenced client's write fails with an I/O error (krbd fails it
+// at once; rbd-fuse once its request to the OSD is refused); a write that
+// hangs past the bound fails the scenario.
+const staleWriteBound = 30 * time.Second
+
+// stale is the result of node-a's write after it comes back.
+type stale struct {
+	out  []byte
+	err  error
+	hung bool
+	took time.Duration
+}
+
+func (r stale) String() string {
+	switch {
+	case r.hung:
+		return fmt.Sprintf("hung for %v, killed", staleWriteBound)
+	case r.err != nil:
+		return fmt.Sprintf("failed after %v (%v: %s)", r.took.Round(time.Millisecond), r.err, trim(r.out))
+	}
+	return fmt.Sprintf("acknowledged after %v", r.took.Round(time.Millisecond))
+}
+
 // staleWrite has node-a's application, through its Ceph client pid's
 // mount namespace, overwrite the marker block once more, bypassing the
-// page cache. A fenced client's write may fail or hang: it gets 30 s.
-func (s *scenario) staleWrite(client int, vol string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+// page cache, within staleWriteBound (the write and its shell are killed
+// as a group past it).
+func (s *scenario) staleWrite(client int, vol string) stale {
+	ctx, cancel := context.WithTimeout(s.ctx, staleWriteBound)
 	defer cancel()
-	return kubelet.InClientNS(ctx, client, "sh", "-c",
+	start := time.Now()
+	out, err := kubelet.InClientNS(ctx, client, "sh", "-c",
 		`head -c 4096 /dev/zero | tr '\0' S | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
 		"app", vol)
+	return stale{out: out, err: err, hung: ctx.Err() != nil, took: time.Since(start)}
+}
+
+// checkStaleWriteFailed fails the scenario unless node-a's write after it
+// came back failed within the bound.
+func (s *scenario) checkStaleWriteFailed(r stale) {
+	s.t.Helper()
+	switch {
+	case r.hung:
+		s.t.Errorf("node-a's write after it came back hung past %v: a fenced client's write must fail", staleWriteBound)
+	case r.err == nil:
+		s.t.Errorf("node-a's write after it came back was acknowledged: its client should be fenced")
+	}
+}
+
+// staleWriteLandedAfterKill kills node-a's Ceph clients (so that nothing
+// of theirs is still on its way) and reads the marker block again.
+func (s *scenario) staleWriteLandedAfterKill(n *kubelet.Node, offset int64) bool {
+	s.t.Helper()
+	for _, pid := range n.FusePids() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	poll(s.ctx, s.t, "node-a's Ceph clients gone", time.Minute, func(ctx context.Context) (bool, error) {
+		for _, pid := range n.FusePids() {
+			if process.Alive(pid) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return s.staleWriteLanded(offset)
 }
 
 // staleWriteLanded reads the marker block straight from the image: node-b
@@ -285,39 +350,43 @@ func (s *scenario) staleWriteLanded(offset int64) bool {
 	return landed
 }
 
-// checkFencedBeforeMap reads n's own calls, in order: its blocklist of
-// the client at address must come before its map (that the blocklist took
-// is read from the monitors).
+// checkFencedBeforeMap reads the call logs: a blocklist of the client at
+// address by n must have exited 0 before n's first map of the image
+// started.
 func (s *scenario) checkFencedBeforeMap(n *kubelet.Node, address string) {
 	s.t.Helper()
-	calls, err := n.Calls()
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	var fenceAt, mapAt time.Time
-	for _, c := range calls {
-		if c.What == "ceph osd blocklist add "+address && fenceAt.IsZero() {
-			fenceAt = c.At
-		}
-		if isCall(c.What, "rbd map") && mapAt.IsZero() {
-			mapAt = c.At
+	acc := s.account()
+	fenceEnd, fenced := time.Time{}, false
+	for _, f := range acc.Fences {
+		if f.Node == s.lane(n) && f.Address == address {
+			fenceEnd, fenced = f.End, true
+			break
 		}
 	}
-	if fenceAt.IsZero() || mapAt.IsZero() || !fenceAt.Before(mapAt) {
-		s.t.Errorf("%s's blocklist of %s at %v, its map at %v: want the blocklist first", s.lane(n), address, fenceAt, mapAt)
+	var mapStart time.Time
+	for _, c := range acc.Calls {
+		if c.Node == s.lane(n) && c.Name() == "rbd map" && imageName(c.Start.Image) == s.claim {
+			mapStart = c.Start.At
+			break
+		}
+	}
+	switch {
+	case !fenced:
+		s.t.Errorf("%s has no blocklist of %s that exited 0", s.lane(n), address)
+	case mapStart.IsZero():
+		s.t.Errorf("%s never mapped %s", s.lane(n), s.claim)
+	case !fenceEnd.Before(mapStart):
+		s.t.Errorf("%s's blocklist of %s ended at %s, its map started at %s: want the blocklist done first", s.lane(n), address,
+			fenceEnd.Format(time.RFC3339Nano), mapStart.Format(time.RFC3339Nano))
+	default:
+		s.note("%s's blocklist of node-a's client exited 0 %v before its map started", s.lane(n),
+			mapStart.Sub(fenceEnd).Round(time.Millisecond))
 	}
 }
 
 // isCall reports whether a logged call is what ("rbd status" for "rbd
 // status <image>").
 func isCall(call, what string) bool { return call == what || strings.HasPrefix(call, what+" ") }
-
-func staleResult(out []byte, err error) string {
-	if err != nil {
-		return fmt.Sprintf("failed (%v: %s)", err, trim(out))
-	}
-	return "acknowledged"
-}
 
 // firstPhysicalOffset reads the first extent's physical start from
 // "filefrag -v" output.

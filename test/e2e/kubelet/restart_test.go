@@ -60,7 +60,7 @@ func TestKubeletRestart(t *testing.T) {
 		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
 			t.Fatal(err)
 		}
-		poll(ctx, t, "node-a not Ready", failoverTimeout(), func(ctx context.Context) (bool, error) { return !ready(ctx, nodeA), nil })
+		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
 			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 			return err == nil && p.DeletionTimestamp != nil, nil

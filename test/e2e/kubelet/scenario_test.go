@@ -30,6 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/timeline"
 )
@@ -65,6 +66,8 @@ var scenarios = map[string]string{
 	"healthy-race": "every node Ready; a second pod for the claim on node-b",
 	"map-record-freeze": "node-a frozen whole (nothing killed) after its map and before its holder record; tainted out-of-service; " +
 		"replacement on node-b; node-a runs again",
+	"map-record-kill": "node-a's kubelet killed, with its call, after its map and before its holder record, while another client " +
+		"watches the image; started again; the other client closes the image",
 	"copy-in-use":    "node-a runs a pod on its image; the image is copied (rbd cp, records included); a pod on node-b uses the copy",
 	"short-notready": "node-a NotReady for a while (API cut off), its pod not evicted; a second pod for the claim on node-b; node-a back",
 }
@@ -92,6 +95,7 @@ type scenario struct {
 	t            *testing.T
 	ctx          context.Context
 	name, build  string
+	mode         v1.PersistentVolumeAccessMode
 	nodeA, nodeB *kubelet.Node
 	claim        string
 	tl           *timeline.Timeline
@@ -144,7 +148,7 @@ func newScenario(ctx context.Context, t *testing.T, name string, r variant) *sce
 	t.Helper()
 	useControllerManager(ctx, t, r.build)
 	id := name + "-" + r.id()
-	s := &scenario{t: t, ctx: ctx, name: name, build: r.build}
+	s := &scenario{t: t, ctx: ctx, name: name, build: r.build, mode: r.mode}
 	s.tl = timeline.New(r.title(), laneControl, laneA, laneB, laneCeph)
 	target := r.targetKubelet
 	if target == "" {
@@ -219,18 +223,27 @@ func (s *scenario) waitRunning(p *v1.Pod, timeout time.Duration) time.Time {
 	return at
 }
 
-// ready reports whether n's Node is Ready.
-func ready(ctx context.Context, n *kubelet.Node) bool {
+// ready reports whether n's Node is Ready. An API error is not "not
+// Ready": it is returned, and a check that gets one fails.
+func ready(ctx context.Context, n *kubelet.Node) (bool, error) {
 	node, err := env.cp.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
 	if err != nil {
-		return false
+		return false, fmt.Errorf("read node %s: %w", n.Name, err)
 	}
 	for _, c := range node.Status.Conditions {
 		if c.Type == v1.NodeReady {
-			return c.Status == v1.ConditionTrue
+			return c.Status == v1.ConditionTrue, nil
 		}
 	}
-	return false
+	return false, nil
+}
+
+// notReady is ready's negation, for poll.
+func notReady(n *kubelet.Node) func(context.Context) (bool, error) {
+	return func(ctx context.Context) (bool, error) {
+		r, err := ready(ctx, n)
+		return !r, err
+	}
 }
 
 // volumeName is the volume's unique name in the controller's state and
@@ -329,8 +342,23 @@ func (s *scenario) note(format string, args ...interface{}) {
 	s.notes = append(s.notes, fmt.Sprintf(format, args...))
 }
 
-// finish stops the monitor, adds the nodes' rbd and ceph calls to the
-// timeline, checks the safety verdict and reports the run.
+// account computes the scenario's accounting from both nodes' call logs,
+// up to now.
+func (s *scenario) account() calllog.Accounting {
+	s.t.Helper()
+	logs := map[string][]calllog.Entry{}
+	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
+		entries, err := n.CallLog()
+		if err != nil {
+			s.t.Errorf("%s's call log: %v", s.lane(n), err)
+		}
+		logs[s.lane(n)] = entries
+	}
+	return calllog.Account(logs, time.Now())
+}
+
+// finish stops the monitor, adds the nodes' calls to the timeline, checks
+// the safety verdict (from the call logs) and reports the run.
 func (s *scenario) finish(want expectation) {
 	s.mon.stop()
 	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
@@ -351,14 +379,100 @@ func (s *scenario) finish(want expectation) {
 			}
 		}
 	}
-	s.mon.verdict(want)
+	acc := s.account()
+	s.verdict(acc, want)
+	s.mon.crossCheck(acc, want)
 	report("- %s, %s: %s\n", s.name, s.tl.Title, s.outcome)
 	for _, n := range s.notes {
 		report("  - %s\n", n)
 	}
-	report("  - double mappings: %d of %d samples saw two watchers (in two samples in a row), %d two unfenced mappings; "+
-		"%d saw a second watcher once (a command's open); timeline (s after the failure):\n%s",
-		s.mon.doubles, s.mon.samples, s.mon.unfenced, s.mon.transient, s.tl.Markdown())
+	report("  - %s\n", accountingSummary(acc))
+	report("  - sampled (a second view): %d of %d samples saw two or more watchers, %d two unfenced mappings; timeline (s after the failure):\n%s",
+		s.mon.doubles, s.mon.samples, s.mon.unfenced, s.tl.Markdown())
+}
+
+// verdict is the scenario's safety verdict, computed from the call logs
+// and checked against Ceph's own blocklist: every interval in which two
+// read-write mappings of one image were both in use (handed to fsck,
+// mkfs, blkid or mount) and neither client was fenced (by the end of a
+// blocklist call that exited 0) is a violation, however short.
+func (s *scenario) verdict(acc calllog.Accounting, want expectation) {
+	t := s.t
+	for _, e := range acc.Errors {
+		t.Errorf("call log: %s", e)
+	}
+	mine := 0
+	for _, m := range acc.Mappings {
+		if imageName(m.Image) == s.claim {
+			mine++
+		}
+		// The patched kubelet maps every read-write image with its own
+		// client, so that a fence takes that mapping alone.
+		if s.build == patched && !m.ReadOnly && !hasOption(m.Options, "noshare") {
+			t.Errorf("%s mapped %s read-write without noshare (options %q)", m.Node, m.Device, m.Options)
+		}
+	}
+	if mine == 0 {
+		t.Errorf("the call logs hold no mapping of %s: the verdict would be empty", s.claim)
+	}
+	violations := acc.Violations()
+	switch want {
+	case expectDouble:
+		if len(violations) == 0 {
+			t.Errorf("the hazard did not show: the call logs have no interval in which two unfenced mappings of %s were both in use", s.claim)
+		}
+	default:
+		for _, v := range violations {
+			t.Errorf("double mapping: %s", v)
+		}
+	}
+	if want == expectNoDouble {
+		for _, o := range acc.Overlaps {
+			if !o.InUse {
+				t.Errorf("two unfenced mappings: %s", o)
+			}
+		}
+	}
+	// Ceph's own blocklist holds every client the logs say was fenced.
+	for _, f := range acc.Fences {
+		if fenced, err := env.cluster.Blocklisted(s.ctx, f.Address); err != nil || !fenced {
+			t.Errorf("%s's blocklist of %s exited 0 at %s, but Ceph's blocklist does not list it (%v)", f.Node, f.Address,
+				f.End.Format(time.RFC3339Nano), err)
+		}
+	}
+}
+
+// accountingSummary is the report's line for the verdict.
+func accountingSummary(acc calllog.Accounting) string {
+	calls := 0
+	for _, c := range acc.Calls {
+		if c.Start.Tool == "rbd" || c.Start.Tool == "ceph" || strings.HasPrefix(c.Start.Device, "/dev/rbd") {
+			calls++
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "from the call logs (%d calls, %d mappings, %d fences): %d intervals with two unfenced mappings in use",
+		calls, len(acc.Mappings), len(acc.Fences), len(acc.Violations()))
+	for _, o := range acc.Overlaps {
+		fmt.Fprintf(&b, "; %s", o)
+	}
+	return b.String()
+}
+
+// imageName is the image of "pool/image".
+func imageName(poolImage string) string {
+	_, image, _ := strings.Cut(poolImage, "/")
+	return image
+}
+
+// hasOption reports whether a comma-separated map option list has opt.
+func hasOption(options, opt string) bool {
+	for _, o := range strings.Split(options, ",") {
+		if o == opt {
+			return true
+		}
+	}
+	return false
 }
 
 // drawTimelines writes the scenario's picture, its builds side by side,

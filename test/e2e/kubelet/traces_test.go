@@ -49,7 +49,7 @@ func TestCephKeyInNoLog(t *testing.T) {
 				}
 				return nil
 			}
-			if !strings.HasSuffix(path, ".log") && !strings.HasSuffix(path, ".out") {
+			if !strings.HasSuffix(path, ".log") && !strings.HasSuffix(path, ".out") && !strings.HasSuffix(path, ".jsonl") {
 				return nil
 			}
 			data, err := os.ReadFile(path)

@@ -30,10 +30,13 @@ limitations under the License.
 //     not let go of a fenced client's device, it aborts the client's FUSE
 //     connection after 10 s, as krbd fails a blocklisted client's I/O.
 //
-// Called as "ceph" it passes everything to the real ceph. Either way it
-// first appends the call (its verbs, no arguments that could hold a key)
-// with the time to $RBD_SHIM_STATE/calls.log: the node's side of the
-// suite's timelines.
+// Called as "ceph" it passes everything to the real ceph; called as one of
+// the tools that open a block device (mount, umount, fsck, mkfs.ext4,
+// blkid), it runs the first one of that name on PATH after itself. Every
+// call goes to $RBD_SHIM_STATE/calls.jsonl (package calllog): its start,
+// its end and exit status, and what it names (verbs, image, device,
+// options, a fenced address; never a key), and every mapping made or
+// removed with its client. The suite's verdict is computed from these.
 //
 // State lives in $RBD_SHIM_STATE (one directory per node).
 package main
@@ -41,6 +44,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -50,6 +54,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
@@ -81,12 +86,18 @@ type mapping struct {
 func main() {
 	args := os.Args[1:]
 	state := os.Getenv("RBD_SHIM_STATE")
-	tool, real := "rbd", realRbd
-	if filepath.Base(os.Args[0]) == "ceph" {
-		tool, real = "ceph", realCeph
+	tool := filepath.Base(os.Args[0])
+	var real string
+	switch tool {
+	case "ceph":
+		real = realCeph
+	case "mount", "umount", "fsck", "mkfs.ext4", "blkid":
+		real = nextOnPath(tool)
+	default:
+		tool, real = "rbd", realRbd
 	}
 	if state != "" {
-		logCall(state, tool, args)
+		logStart(state, tool, args)
 	}
 	if tool == "rbd" && state != "" && isHolderRecordWrite(args) {
 		holdRecord(state)
@@ -97,25 +108,72 @@ func main() {
 			dev, err := mapImage(state, args)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "rbd: %v\n", err)
-				os.Exit(1)
+				exit(state, 1)
 			}
 			fmt.Println(dev)
-			return
+			exit(state, 0)
 		case "unmap":
 			if len(args) < 2 {
 				break
 			}
 			if err := unmap(state, args[1]); err != nil {
 				fmt.Fprintf(os.Stderr, "rbd: %v\n", err)
-				os.Exit(1)
+				exit(state, 1)
 			}
-			return
+			exit(state, 0)
 		}
 	}
-	if err := syscall.Exec(real, append([]string{tool}, args...), os.Environ()); err != nil {
-		fmt.Fprintf(os.Stderr, "rbd-shim: exec %s: %v\n", real, err)
-		os.Exit(1)
+	if real == "" {
+		fmt.Fprintf(os.Stderr, "rbd-shim: no %s on PATH after the shim\n", tool)
+		exit(state, 127)
 	}
+	// A child, not an exec: the end and the exit status go in the log.
+	cmd := exec.Command(real, args...)
+	cmd.Args[0] = tool
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	status := 0
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		switch {
+		case errors.As(err, &exitErr) && exitErr.ExitCode() >= 0:
+			status = exitErr.ExitCode()
+		case errors.As(err, &exitErr):
+			// Killed by a signal: as a shell reports it.
+			status = 128 + int(exitErr.Sys().(syscall.WaitStatus).Signal())
+		default:
+			fmt.Fprintf(os.Stderr, "rbd-shim: run %s: %v\n", real, err)
+			status = 127
+		}
+	}
+	exit(state, status)
+}
+
+// exit logs the end of this call with status and exits with it.
+func exit(state string, status int) {
+	if state != "" {
+		appendEntry(state, calllog.Entry{Pid: os.Getpid(), Kind: calllog.End, Status: status})
+	}
+	os.Exit(status)
+}
+
+// nextOnPath is the first tool on PATH that is not this shim.
+func nextOnPath(tool string) string {
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	self, _ = filepath.EvalSymlinks(self)
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		path := filepath.Join(dir, tool)
+		resolved, err := filepath.EvalSymlinks(path)
+		if err != nil || resolved == self {
+			continue
+		}
+		if fi, err := os.Stat(resolved); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return path
+		}
+	}
+	return ""
 }
 
 // holderPrefix starts the metadata keys of the plugin's holder records.
@@ -134,7 +192,8 @@ func holdRecord(state string) {
 		return
 	}
 	logLine(state, "shim held a holder record write")
-	_ = os.WriteFile(filepath.Join(state, kubelet.RecordHeldFile), nil, 0o644)
+	// Its pid: the test may kill this call, as it kills the kubelet.
+	_ = os.WriteFile(filepath.Join(state, kubelet.RecordHeldFile), []byte(strconv.Itoa(os.Getpid())), 0o644)
 	for {
 		if _, err := os.Stat(hold); err != nil {
 			break
@@ -161,31 +220,72 @@ func redact(args []string) []string {
 // set", "ceph osd blocklist add"); what follows may be a key.
 const callVerbs = 3
 
-// logCall appends "RFC3339Nano tool verbs…" to state/calls.log.
-func logCall(state, tool string, args []string) {
-	words := []string{tool}
-	for _, a := range args {
-		if len(words) > callVerbs || strings.HasPrefix(a, "-") || strings.ContainsAny(a, "/=:") {
-			break
+// startEntry is what the log says of a call: its verbs (no argument that
+// could hold a key) and what it names.
+func startEntry(tool string, args []string) calllog.Entry {
+	e := calllog.Entry{Pid: os.Getpid(), Kind: calllog.Start, Tool: tool}
+	switch tool {
+	case "rbd", "ceph":
+		var words []string
+		for _, a := range args {
+			if len(words) >= callVerbs || strings.HasPrefix(a, "-") || strings.ContainsAny(a, "/=:") {
+				break
+			}
+			words = append(words, a)
 		}
-		words = append(words, a)
+		e.Verbs = strings.Join(words, " ")
+		if tool == "rbd" && len(args) > 0 && (args[0] == "map" || args[0] == "unmap") {
+			e.Verbs = args[0]
+		}
 	}
-	// A blocklist names the client it fences: an address, no secret.
-	if what := strings.Join(words, " "); (what == "ceph osd blocklist add" || what == "ceph osd blacklist add") &&
-		len(args) > 3 {
-		words = append(words, args[3])
+	switch {
+	case tool == "rbd" && e.Verbs == "map":
+		if m, err := parseMap(args); err == nil {
+			e.Image, e.Options, e.ReadOnly = m.pool+"/"+m.image, m.options, m.readOnly
+		}
+	case tool == "rbd" && e.Verbs == "unmap" && len(args) > 1:
+		if strings.HasPrefix(args[1], "/dev/") {
+			e.Device = args[1]
+		} else {
+			e.Image = args[1]
+		}
+	case tool == "ceph" && (e.Verbs == "osd blocklist add" || e.Verbs == "osd blacklist add") && len(args) > 3:
+		// A blocklist names the client it fences: an address, no secret.
+		e.Address = args[3]
+	case tool != "rbd" && tool != "ceph":
+		// The tools that open a device name it; mount's last argument is
+		// where it goes.
+		for _, a := range args {
+			if strings.HasPrefix(a, "/dev/") && e.Device == "" {
+				e.Device = a
+			}
+		}
+		if tool == "mount" && len(args) > 0 {
+			e.Target = args[len(args)-1]
+		}
+		if tool == "umount" && len(args) > 0 && e.Device == "" {
+			e.Target = args[len(args)-1]
+		}
 	}
-	logLine(state, strings.Join(words, " "))
+	return e
 }
 
-// logLine appends "RFC3339Nano what" to state/calls.log.
+// logStart logs the start of this call.
+func logStart(state, tool string, args []string) {
+	appendEntry(state, startEntry(tool, args))
+}
+
+// logLine logs a note of the shim's own.
 func logLine(state, what string) {
-	f, err := os.OpenFile(filepath.Join(state, "calls.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return
+	appendEntry(state, calllog.Entry{Kind: calllog.Note, What: what})
+}
+
+// appendEntry adds e to the node's call log. A log that cannot be written
+// is said on stderr: the verdict would miss the call.
+func appendEntry(state string, e calllog.Entry) {
+	if err := calllog.Append(filepath.Join(state, calllog.FileName), e); err != nil {
+		fmt.Fprintf(os.Stderr, "rbd-shim: call log: %v\n", err)
 	}
-	defer f.Close()
-	fmt.Fprintf(f, "%s %s\n", time.Now().Format(time.RFC3339Nano), what)
 }
 
 // mapArgs is what the shim needs from a map's argv.
@@ -291,7 +391,10 @@ func mapImage(state string, args []string) (string, error) {
 	fuseArgs := append([]string{"-p", m.pool, "-r", m.image}, cred...)
 	// No client-side write cache: like krbd, a write is acknowledged once
 	// the OSDs have it, and a blocklisted client's write fails.
-	fuseArgs = append(fuseArgs, "--rbd_cache=false", "-f", mnt)
+	// A 1 s objecter tick, as the cluster's own clients have: a healthy
+	// watch is renewed well inside the lowered watch timeout on a loaded
+	// machine, so a lapse means the node is cut off or frozen.
+	fuseArgs = append(fuseArgs, "--rbd_cache=false", "--objecter_tick_interval=1", "-f", mnt)
 	fuse := exec.Command("rbd-fuse", fuseArgs...)
 	fuse.Stdout, fuse.Stderr = logFile, logFile
 	// Its own session: it outlives this call and the kubelet's deadline.
@@ -363,7 +466,10 @@ func mapImage(state string, args []string) (string, error) {
 		return "", err
 	}
 	_ = os.Remove(pending)
-	return fmt.Sprintf("/dev/rbd%d", n), nil
+	dev := fmt.Sprintf("/dev/rbd%d", n)
+	appendEntry(state, calllog.Entry{Kind: calllog.Mapped, Device: dev, Image: m.pool + "/" + m.image, Client: client,
+		Address: address, Options: m.options, ReadOnly: m.readOnly})
+	return dev, nil
 }
 
 // watchers returns the addresses of the clients watching the image, by id.
@@ -484,7 +590,12 @@ func unmap(state, target string) error {
 		_ = os.Remove(mp.Mount)
 		_ = os.RemoveAll(filepath.Join(sysfsRoot, n))
 		_ = os.Remove("/dev/rbd" + n)
-		return os.Remove(rec)
+		if err := os.Remove(rec); err != nil {
+			return err
+		}
+		appendEntry(state, calllog.Entry{Kind: calllog.Unmapped, Device: "/dev/rbd" + n, Image: mp.Pool + "/" + mp.Image,
+			Client: mp.Client, Address: mp.Address, ReadOnly: mp.ReadOnly})
+		return nil
 	}
 	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
 }
@@ -533,7 +644,8 @@ func boundedByFuse(state string, mp mapping, argv ...string) error {
 	if mp.FuseConn == 0 {
 		return fmt.Errorf("rbd: sysfs write failed\n%s: no answer from rbd-fuse within %v", strings.Join(argv, " "), fuseBound)
 	}
-	logLine(state, fmt.Sprintf("shim aborted rbd-fuse (%s) of client %s", argv[0], mp.Address))
+	appendEntry(state, calllog.Entry{Kind: calllog.Note, What: fmt.Sprintf("shim aborted rbd-fuse (%s) of client %s", argv[0], mp.Address),
+		Address: mp.Address})
 	kubelet.AbortFuse(mp.FuseConn)
 	select {
 	case err := <-done:

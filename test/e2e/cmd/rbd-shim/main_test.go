@@ -22,6 +22,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 )
 
 func TestParseMap(t *testing.T) {
@@ -68,24 +70,47 @@ func TestParseMapErrorHidesTheKey(t *testing.T) {
 	}
 }
 
-func TestLogCallKeepsOnlyTheVerbs(t *testing.T) {
+func TestCallLogKeepsOnlyWhatACallNames(t *testing.T) {
 	state := t.TempDir()
-	logCall(state, "rbd", []string{"status", "rbd/img", "--format=json", "--key=AQDsecret=="})
-	logCall(state, "ceph", []string{"osd", "blocklist", "add", "10.0.0.5:0/1234", "2592000"})
-	logCall(state, "rbd", []string{"image-meta", "set", "img", "kubernetes.io/rbd-fence.holder.client.1", "{}"})
-	data, err := os.ReadFile(filepath.Join(state, "calls.log"))
+	const secret = "AQDsecret=="
+	for _, c := range []struct {
+		tool string
+		args []string
+	}{
+		{"rbd", []string{"status", "rbd/img", "--format=json", "--key=" + secret}},
+		{"ceph", []string{"osd", "blocklist", "add", "10.0.0.5:0/1234", "2592000", "--key=" + secret}},
+		{"rbd", []string{"image-meta", "set", "rbd/img", "kubernetes.io/rbd-fence.holder.client.1", "{}"}},
+		{"rbd", []string{"map", "img", "--pool", "rbd", "--id", "kube", "-m", "m:1", "-o", "noshare", "--key=" + secret}},
+		{"rbd", []string{"unmap", "/dev/rbd3"}},
+		{"mount", []string{"-t", "ext4", "-o", "defaults", "/dev/rbd3", "/var/lib/kubelet/plugins/x"}},
+		{"fsck", []string{"-a", "/dev/rbd3"}},
+	} {
+		logStart(state, c.tool, c.args)
+	}
+	entries, err := calllog.Read(filepath.Join(state, calllog.FileName))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		_, call, _ := strings.Cut(line, " ")
-		got = append(got, call)
+	for _, e := range entries {
+		got = append(got, strings.Join([]string{e.Tool, e.Verbs, e.Image, e.Device, e.Target, e.Address, e.Options}, "|"))
 	}
-	// A blocklist keeps the client it fences (an address, no secret).
-	want := []string{"rbd status", "ceph osd blocklist add 10.0.0.5:0/1234", "rbd image-meta set img"}
+	want := []string{
+		"rbd|status|||||",
+		// A blocklist keeps the client it fences (an address, no secret).
+		"ceph|osd blocklist add||||10.0.0.5:0/1234|",
+		"rbd|image-meta set|||||",
+		"rbd|map|rbd/img||||noshare",
+		"rbd|unmap||/dev/rbd3|||",
+		"mount|||/dev/rbd3|/var/lib/kubelet/plugins/x||",
+		"fsck|||/dev/rbd3|||",
+	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("calls %q, want %q", got, want)
+		t.Errorf("calls\n%q\nwant\n%q", got, want)
+	}
+	data, err := os.ReadFile(filepath.Join(state, calllog.FileName))
+	if err != nil {
+		t.Fatal(err)
 	}
 	if strings.Contains(string(data), "AQDsecret") {
 		t.Errorf("the key is in the call log:\n%s", data)

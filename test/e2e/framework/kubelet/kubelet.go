@@ -41,6 +41,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/freezer"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/netns"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
@@ -122,8 +123,9 @@ func Start(ctx context.Context, name string, o Options) (*Node, error) {
 			return nil, err
 		}
 	}
-	// The shim is rbd, and ceph too (it logs the node's calls of both).
-	for _, tool := range []string{"rbd", "ceph"} {
+	// The shim is rbd, ceph, and the tools that open a device (it logs the
+	// node's calls of each: the suite's verdict comes from that log).
+	for _, tool := range ShimTools {
 		_ = os.Remove(filepath.Join(n.bin(), tool))
 		if err := os.Symlink(o.RbdShim, filepath.Join(n.bin(), tool)); err != nil {
 			return nil, err
@@ -278,6 +280,38 @@ func (n *Node) RestartKubelet(ctx context.Context) (time.Time, error) {
 	return gone, n.StartKubelet(ctx)
 }
 
+// RestartKubeletKillingHeldCall kills the kubelet and the call whose
+// holder-record write waits in the shim (the kubelet runs each rbd call in
+// a process group of its own; a service manager stopping the kubelet's
+// cgroup kills them all), then starts the kubelet again. It returns when
+// both were gone.
+func (n *Node) RestartKubeletKillingHeldCall(ctx context.Context) (time.Time, error) {
+	held := filepath.Join(n.state(), RecordHeldFile)
+	data, err := os.ReadFile(held)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("no held record write on %s: %w", n.Name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return time.Time{}, fmt.Errorf("%s: the shim's held call is %q", held, data)
+	}
+	n.kubelet.Load().Kill()
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for i := 0; process.Alive(pid); i++ {
+		if i == 100 {
+			return time.Time{}, fmt.Errorf("the held call (pid %d) outlived SIGKILL by 10 s", pid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, f := range []string{held, filepath.Join(n.state(), HoldRecordFile)} {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			return time.Time{}, err
+		}
+	}
+	gone := time.Now()
+	return gone, n.StartKubelet(ctx)
+}
+
 // InNode runs argv in the node's mount namespace and returns its output.
 func (n *Node) InNode(ctx context.Context, argv ...string) ([]byte, error) {
 	return InClientNS(ctx, n.mounts.Pid(), argv...)
@@ -389,7 +423,8 @@ func (n *Node) ReleaseRecord() error {
 }
 
 // The shim's hold of a holder-record write: while HoldRecordFile is in its
-// state directory, a record write says RecordHeldFile and waits.
+// state directory, a record write writes its pid to RecordHeldFile and
+// waits.
 const (
 	HoldRecordFile = "hold-record"
 	RecordHeldFile = "record-held"
@@ -410,6 +445,10 @@ func (n *Node) WakeUp() error {
 func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
 	args := append([]string{"-t", strconv.Itoa(pid), "-m", "--"}, argv...)
 	cmd := exec.CommandContext(ctx, "nsenter", args...)
+	// Its own process group, killed whole at the deadline: a dd must not
+	// outlive the shell that ran it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// A child stuck in the kernel (I/O to a fenced client) may keep the
 	// output open after the command is killed.
 	cmd.WaitDelay = 5 * time.Second
@@ -436,31 +475,47 @@ func (n *Node) Mappings() []Mapping {
 	return mps
 }
 
-// Call is one rbd or ceph call the node's kubelet made, by its verbs.
+// ShimTools are the names the shim runs as on a node's PATH.
+var ShimTools = []string{"rbd", "ceph", "mount", "umount", "fsck", "mkfs.ext4", "blkid"}
+
+// CallLog returns the node's call log (package calllog): every call of
+// the shim's tools with its start, end and status, every mapping.
+func (n *Node) CallLog() ([]calllog.Entry, error) {
+	return calllog.Read(filepath.Join(n.state(), calllog.FileName))
+}
+
+// Call is one rbd or ceph call the node's kubelet made (by its verbs, a
+// blocklist with the address it fences), one use of an RBD device, or a
+// note of the shim's: a line of the timeline.
 type Call struct {
 	At   time.Time
 	What string
 }
 
-// Calls returns the rbd and ceph calls the node made (the shim's log).
+// Calls returns the node's calls, as the timeline draws them, in order of
+// their start.
 func (n *Node) Calls() ([]Call, error) {
-	data, err := os.ReadFile(filepath.Join(n.state(), "calls.log"))
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
+	entries, err := n.CallLog()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", n.Name, err)
 	}
-	var calls []Call
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		stamp, what, ok := strings.Cut(line, " ")
-		at, err := time.Parse(time.RFC3339Nano, stamp)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("%s: cannot read call %q", n.Name, line)
+	var out []Call
+	for _, e := range entries {
+		switch {
+		case e.Kind == calllog.Note:
+			out = append(out, Call{At: e.At, What: e.What})
+		case e.Kind != calllog.Start:
+		case e.Tool == "rbd" || e.Tool == "ceph":
+			what := strings.TrimSpace(e.Tool + " " + e.Verbs)
+			if e.Address != "" {
+				what += " " + e.Address
+			}
+			out = append(out, Call{At: e.At, What: what})
+		case strings.HasPrefix(e.Device, "/dev/rbd"):
+			out = append(out, Call{At: e.At, What: e.Tool + " " + e.Device})
 		}
-		calls = append(calls, Call{At: at, What: what})
 	}
-	return calls, nil
+	return out, nil
 }
 
 // Running reports whether the node's kubelet runs (not killed by a power-off).
