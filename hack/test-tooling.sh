@@ -2,9 +2,11 @@
 # Tests of the patch-queue tooling itself. Each case runs the real scripts on
 # a scratch copy of the repository (hack/, patches/, PATCHES.md, go.mod) with
 # a clone of the primary line's materialised tree, breaks one thing and
-# checks that the right script fails and says why; two cases check the test
-# report and summary on a recorded go test -json stream, and some the
-# helpers of hack/lib (temporary directories, DEP-3 fields). Prints
+# checks that the right script fails and says why (the revision and the
+# lines' checks need no tree: a patch changed under the same revision, a fix
+# made on the primary line only); two cases check the test report and
+# summary on a recorded go test -json stream, some the helpers of hack/lib
+# (temporary directories, DEP-3 fields), and one make help's list. Prints
 # PASS:/FAIL: lines.
 set -euo pipefail
 
@@ -100,6 +102,87 @@ fresh_copy
 sed -i '0,/^Subject: \[PATCH\] UPSTREAM: <carry>:/s//Subject: [PATCH] UPSTREAM: <keep>:/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
 expect "verify-commits refuses another subject and lists the accepted forms" fail \
   "UPSTREAM: <12345>: <area>: <summary>" hack/verify-commits.sh
+
+fresh_copy
+expect "verify-revision and verify-lines pass on the committed series" 0 "2 of 2 checks passed" \
+  hack/verify.sh revision lines
+
+fresh_copy
+# A changed patch is a new revision: verify-revision fails until
+# RBDF_REVISION is bumped and recorded, and update-revision refuses to record
+# the change under the old revision.
+next_revision=$((RBDF_REVISION + 1))
+sed -i '0,/^+[^+].*[a-z]/s//&_changed/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-revision fails on a changed patch with RBDF_REVISION unchanged" fail \
+  "bump RBDF_REVISION in hack/lib/lines.sh to ${next_revision}" hack/verify-revision.sh
+expect "update-revision refuses to record a changed series without a bump" fail \
+  "RBDF_REVISION is still ${RBDF_REVISION}" hack/update-revision.sh
+sed -i "s/^readonly RBDF_REVISION=${RBDF_REVISION}\$/readonly RBDF_REVISION=${next_revision}/" "${scratch}/repo/hack/lib/lines.sh"
+expect "verify-revision fails on a bump that is not recorded" fail \
+  "RBDF_REVISION is ${next_revision}, but the series are recorded for revision ${RBDF_REVISION}" hack/verify-revision.sh
+expect "update-revision records the bumped revision" 0 "recorded revision ${next_revision}" hack/update-revision.sh
+expect "verify-revision passes once the bump is recorded" 0 "" hack/verify-revision.sh
+
+fresh_copy
+# What moves without the change changing: the commit id, the diffstat, blob
+# ids and hunk line numbers.
+sed -i -e '1s/^From [0-9a-f]*/From 0123456789abcdef0123456789abcdef01234567/' \
+  -e '0,/^diff --git /{/^ .* | *[0-9]* /s/$/+/}' \
+  -e 's/^index [0-9a-f]*\.\.[0-9a-f]*/index 0123456789ab..ba9876543210/' \
+  -e 's/^@@ -\([0-9]\)/@@ -9\1/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+if cmp -s "${RBDF_ROOT}/patches/${RBDF_LINE}/${first_patch}" "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"; then
+  echo "FAIL: the planted commit id, diffstat, blob ids and hunk line numbers changed nothing"
+  failures=$((failures + 1))
+fi
+expect "verify-revision ignores commit and blob ids, the diffstat and hunk line numbers" 0 "" \
+  hack/verify-revision.sh
+
+# The lines: every other line carries the primary line's changes.
+other_line="$(rbdf::lines::list | grep -vx "${RBDF_PRIMARY_LINE}" | tail -n1)"
+fresh_copy
+# A fix made in patches/v1.30 only.
+sed -i '0,/^+[^+].*[a-z]/s//&_fixed/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+fixed_file="$(awk '/^diff --git / { f = $NF; sub(/^b\//, "", f) } /^\+.*_fixed/ { print f; exit }' \
+  "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}")"
+expect "verify-lines fails on a fix made in patches/${RBDF_LINE} only, naming the patch and the file" fail \
+  "${other_line}/${first_patch}: ${fixed_file}: the added and removed lines differ" hack/verify-lines.sh
+expect "verify-lines shows the differing lines" fail "^-+.*_fixed" hack/verify-lines.sh
+# Listed with the digest verify-lines prints, the difference is accepted;
+# listed where there is none, the entry is stale.
+allow="$(cd "${scratch}/repo" && hack/verify-lines.sh 2>&1 |
+  sed -n 's|.*list it in hack/lib/line-differences: \(.*\) <why>$|\1 planted by hack/test-tooling.sh|p')" || true
+printf '%s\n' "${allow}" >> "${scratch}/repo/hack/lib/line-differences"
+expect "verify-lines accepts a difference listed in hack/lib/line-differences" 0 \
+  "as hack/lib/line-differences:" hack/verify-lines.sh
+cp "${RBDF_ROOT}/patches/${RBDF_LINE}/${first_patch}" "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+expect "verify-lines fails on a listed difference that is gone" fail \
+  "matches no difference: remove it" hack/verify-lines.sh
+
+fresh_copy
+# Upstream's code around a hunk differs between lines: context lines, blob
+# ids and hunk headers may differ.
+awk 'done || !/^ / || !hunk { if (/^@@ /) hunk = 1; print; next }
+     { print " // upstream differs here"; done = 1 }' \
+  "${RBDF_ROOT}/patches/${other_line}/${first_patch}" |
+  sed -e 's/^index [0-9a-f]*\.\.[0-9a-f]*/index 0123456789ab..ba9876543210/' \
+    -e 's/^\(@@ -\)\([0-9]\)\(.*@@\).*$/\19\2\3 func elsewhere()/' > "${scratch}/p"
+cp "${scratch}/p" "${scratch}/repo/patches/${other_line}/${first_patch}"
+expect "verify-lines ignores context lines, blob ids and hunk headers" 0 "" hack/verify-lines.sh
+
+fresh_copy
+sed -i '$d' "${scratch}/repo/patches/${other_line}/series"
+expect "verify-lines fails on a line whose series lacks a patch" fail \
+  "${other_line}: the series does not carry ${RBDF_PRIMARY_LINE}'s patches" hack/verify-lines.sh
+
+# make help lists every target of the Makefile, with a description.
+rules="$(sed -n 's/^\([A-Za-z][A-Za-z0-9_.-]*\):\([^=].*\)\{0,1\}$/\1/p' "${RBDF_ROOT}/Makefile" | LC_ALL=C sort)"
+helped="$("${RBDF_ROOT}/hack/make-help.sh" | sed -n '/^Targets:$/,/^$/s/^  \([^ ]*\)  *[^ ].*$/\1/p' | LC_ALL=C sort)"
+if [[ -n "${rules}" && "${helped}" == "${rules}" ]]; then
+  echo "PASS: make help describes every target of the Makefile"
+else
+  echo "FAIL: make help describes ${helped//$'\n'/ }; the Makefile's targets are ${rules//$'\n'/ } (a comment line right above each rule describes it)"
+  failures=$((failures + 1))
+fi
 
 # make verify and make test run the same checks: every hack/verify-*.sh.
 want="$(find "${RBDF_ROOT}/hack" -maxdepth 1 -name 'verify-*.sh' -printf '%f\n' | sed 's/^verify-//; s/\.sh$//' | LC_ALL=C sort)"

@@ -5,6 +5,8 @@ set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
+# shellcheck source=hack/lib/revision.sh
+source "${RBDF_ROOT}/hack/lib/revision.sh"
 
 rbdf::lines::setup "${1:-${LINE:-}}"
 [[ -d "${RBDF_TREE}/.git" ]] || rbdf::log::fatal "no tree at ${RBDF_TREE}: run make kube-tree LINE=${RBDF_LINE}"
@@ -26,3 +28,18 @@ while read -r patch; do
 done < <(find "${tmp}" -maxdepth 1 -name '*.patch' | sort)
 cp "${tmp}/series" "${RBDF_PATCHES}/series"
 rbdf::log::info "exported $(wc -l < "${RBDF_PATCHES}/series") patch(es) to ${RBDF_PATCHES}"
+# Say what make verify will ask for next: a changed series is a new
+# revision (verify-revision), carried on every line (verify-lines).
+recorded_revision="" recorded_digest=""
+if record="$(rbdf::revision::recorded)"; then
+  { read -r recorded_revision; read -r recorded_digest; } <<<"${record}"
+fi
+if [[ -n "${recorded_revision}" && "$(rbdf::revision::digest)" != "${recorded_digest}" ]]; then
+  if [[ "${RBDF_REVISION}" == "${recorded_revision}" ]]; then
+    next="bump RBDF_REVISION in hack/lib/lines.sh, then run hack/update-revision.sh"
+  else
+    next="record revision ${RBDF_REVISION} with hack/update-revision.sh"
+  fi
+  rbdf::log::warning "the series differ from revision ${recorded_revision}'s: ${next};" \
+    "carry the change on every line (hack/verify-lines.sh compares each with ${RBDF_PRIMARY_LINE})"
+fi

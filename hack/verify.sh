@@ -16,6 +16,8 @@ declare -A fixes=(
   [patches]="export the tree's commits: make update-patches [LINE=…], or rebase: hack/rebase.sh"
   [commits]="reword the commit in _output/kubernetes, then make update-patches"
   [ledger]="add or fix the patch's entry in PATCHES.md"
+  [revision]="bump RBDF_REVISION in hack/lib/lines.sh, then make update-revision"
+  [lines]="carry the change on every line (make kube-tree update-patches LINE=…), or list why a line differs in hack/lib/line-differences"
   [gofmt]="gofmt -w the files listed"
   [govet]="fix what go vet reports"
   [shellcheck]="fix what shellcheck reports"

@@ -268,6 +268,65 @@ rbdf::tree::patch_message() {
   awk 'body && /^---$/ { exit } body { print } /^$/ && !body { body = 1 }' "$1"
 }
 
+# rbdf::tree::patch_stable PATCH prints a format-patch file without the parts
+# that change when the change itself does not (hack/update-revision.sh
+# digests this):
+# - the "From <sha>" line: the commit id changes on every rebase or amend;
+# - the diffstat: it is computed from the diff, and its layout is git's;
+# - "index" lines: blob ids of whole files change when upstream or an
+#   earlier patch changes the file anywhere;
+# - the line numbers in hunk headers, for the same reason.
+# Context lines and the function named in a hunk header stay. They say where
+# the change goes (the same added line in another function is another
+# change). When upstream changes the code around a hunk, the change needs a
+# review and a new revision.
+rbdf::tree::patch_stable() {
+  awk '
+    NR == 1 && /^From [0-9a-f]+ / { next }
+    !diff && !stat && /^---$/ { stat = 1; print; next }
+    stat && !/^diff --git / { next }
+    /^diff --git / { stat = 0; diff = 1 }
+    diff && /^index / { next }
+    diff && /^@@ -[0-9]/ { sub(/^@@ -[0-9,]+ \+[0-9,]+ @@/, "@@") }
+    { print }
+  ' "$1"
+}
+
+# rbdf::tree::patch_changes PATCH prints what a format-patch file changes,
+# one "PATH<tab>LINE" row per line: the commit message under /COMMIT_MSG,
+# then for each file of the diff its added and removed lines, mode, rename
+# and binary lines, in order. Context lines, "index" lines and hunk headers
+# are left out: they differ between release lines whenever upstream's code
+# differs, while the change stays the same (hack/verify-lines.sh). A "\ No
+# newline at end of file" is kept only after an added or removed line.
+rbdf::tree::patch_changes() {
+  awk '
+    BEGIN { OFS = "\t" }
+    !body && /^$/ { body = 1; msg = 1; next }
+    msg && /^---$/ { msg = 0; next }
+    msg { print "/COMMIT_MSG", $0; next }
+    /^diff --git / {
+      # "a/P b/P" names P; a rename or a copy is "OLD->NEW".
+      path = substr($0, 12)
+      n = (length(path) - 5) / 2
+      if (n == int(n) && substr(path, 1, n + 2) == "a/" substr(path, n + 6) && substr(path, n + 3, 3) == " b/") {
+        path = substr(path, 3, n)
+      } else {
+        sub(/^a\//, "", path)
+        sub(/ b\//, "->", path)
+      }
+      file = 1; hunk = 0; last = ""
+      next
+    }
+    !file { next }
+    !hunk && (/^index / || /^(dis)?similarity index / || /^--- / || /^\+\+\+ /) { next }
+    /^@@ / { hunk = 1; last = ""; next }
+    !hunk || /^[-+]/ { print path, $0; last = "change"; next }
+    /^\\/ { if (last == "change") print path, $0; next }
+    { last = "" }
+  ' "$1"
+}
+
 # rbdf::tree::dep3_header PATCH prints DEP-3 fields
 # (https://dep-team.pages.debian.net/deps/dep3/) for a format-patch file of
 # patches/<line>/: Description (the subject, then the message body as
