@@ -136,10 +136,26 @@ func withoutVolume(p *v1.Pod) {
 // waitPodRunning waits until p is Running and returns when it saw that.
 func waitPodRunning(ctx context.Context, t *testing.T, p *v1.Pod, timeout time.Duration) time.Time {
 	t.Helper()
-	return poll(ctx, t, p.Name+" Running", timeout, func(ctx context.Context) (bool, error) {
+	at := runningAt(ctx, p, timeout)
+	if at.IsZero() {
+		t.Fatalf("%s not Running within %v", p.Name, timeout)
+	}
+	return at
+}
+
+// runningAt polls p until it is Running and returns when it saw that, or
+// zero after timeout (safe outside the test's goroutine).
+func runningAt(ctx context.Context, p *v1.Pod, timeout time.Duration) time.Time {
+	var at time.Time
+	_ = wait.PollUntilContextTimeout(ctx, pollInterval, timeout, true, func(ctx context.Context) (bool, error) {
 		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
-		return err == nil && q.Status.Phase == v1.PodRunning, nil
+		if err == nil && q.Status.Phase == v1.PodRunning {
+			at = time.Now()
+			return true, nil
+		}
+		return false, nil
 	})
+	return at
 }
 
 // evictionToleration is how long the scenarios' pods stay on a node that

@@ -34,8 +34,9 @@ import (
 // its map and before its holder record. While another client watches the
 // image, the restarted kubelet finds the mapping its predecessor made and
 // must not hand it out: its record-then-verify fails, it unmaps, nothing
-// is mounted. Once that client has gone, it maps again, and the device is
-// used only after a record and a verify that both exited 0.
+// is mounted, and its record goes with the mapping. Once that client has
+// gone, it maps again (blocklisting nobody), and the device is used only
+// after a record and a verify that both exited 0.
 func TestKilledBetweenMapAndRecord(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 	defer cancel()
@@ -124,15 +125,21 @@ func TestKilledBetweenMapAndRecord(t *testing.T) {
 			continue
 		}
 		switch {
-		case c.Name() == "rbd image-meta set" && recorded.IsZero():
+		case isCall(c.Name(), "rbd image-meta set") && recorded.IsZero():
 			recorded = c.End
-		case c.Name() == "rbd status" && !recorded.IsZero() && c.Start.At.After(recorded):
+		case isCall(c.Name(), "rbd status") && !recorded.IsZero() && c.Start.At.After(recorded):
 			verified = c.End
 		}
 	}
 	if recorded.IsZero() || verified.IsZero() {
 		t.Errorf("node-a used %s at %s without a record (%v) and then a verify (%v) that exited 0 before it", used.Device,
 			used.InUse.Format(time.RFC3339Nano), recorded, verified)
+	}
+	// Its failed reclaim removed the record of the mapping it unmapped:
+	// nothing blocklists that dead client (for 30 days).
+	if at, fenced := acc.FencedAt(first.Address); fenced {
+		t.Errorf("the client of the unmapped first mapping (%s) was blocklisted at %s: its record outlived the unmap",
+			first.Address, at.Format(time.RFC3339Nano))
 	}
 	if records := s.holderRecords(); len(records) != 1 || !strings.Contains(records[0], `"`+used.Address+`"`) {
 		t.Errorf("holder records %q, want the mapping in use's alone (%s)", records, used.Address)

@@ -153,7 +153,7 @@ func setUp(m *testing.M) int {
 	}
 	env.watchTimeout = watchTimeout
 	env.cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(env.dir, "ceph"), WatchTimeout: watchTimeout,
-		Address: env.hub.CephIP.String()})
+		Address: env.hub.CephIP.String(), OSDs: 3})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n", err)
 		return 1

@@ -360,14 +360,14 @@ func TestCutOffFromBoth(t *testing.T) {
 		// client if it comes back beside node-b's.
 		time.Sleep(time.Until(back.Add(2 * env.watchTimeout)))
 		landed := s.staleWriteLanded(markerOffset)
-		gone := poll(ctx, t, "app-1 gone (node-a's kubelet let go of it)", podGoneTimeout, func(ctx context.Context) (bool, error) {
+		poll(ctx, t, "app-1 gone (node-a's kubelet let go of it)", podGoneTimeout, func(ctx context.Context) (bool, error) {
 			_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
 			return apierrors.IsNotFound(err) && len(nodeA.Devices()) == 0, nil
 		})
 		// node-a's client is gone now: nothing of it can land any more.
 		landedAfter := s.staleWriteLanded(markerOffset)
-		s.note("node-a's write across the reconnect: %s, on the image: %v (%v once node-a let go); node-a unmounted and unmapped %v after it was reconnected",
-			r, landed, landedAfter, gone.Sub(back).Round(100*time.Millisecond))
+		s.note("node-a's write across the reconnect: %s, on the image: %v (%v once node-a let go); node-a's unmap ended %v after it was reconnected (its call log)",
+			r, landed, landedAfter, s.unmappedAt(nodeA).Sub(back).Round(100*time.Millisecond))
 		if s.build == stock {
 			if !landed || !landedAfter {
 				t.Errorf("stock with ReadWriteMany: node-a's write across the reconnect is not on the image; the hazard did not show")

@@ -391,6 +391,18 @@ func (s *scenario) finish(want expectation) {
 		s.mon.doubles, s.mon.samples, s.mon.unfenced, s.tl.Markdown())
 }
 
+// unmappedAt is when n's last unmap of the scenario's image ended, from
+// its call log (zero if it never unmapped it).
+func (s *scenario) unmappedAt(n *kubelet.Node) time.Time {
+	var at time.Time
+	for _, m := range s.account().Mappings {
+		if m.Node == s.lane(n) && imageName(m.Image) == s.claim && m.Gone.After(at) {
+			at = m.Gone
+		}
+	}
+	return at
+}
+
 // verdict is the scenario's safety verdict, computed from the call logs
 // and checked against Ceph's own blocklist: every interval in which two
 // read-write mappings of one image were both in use (handed to fsck,

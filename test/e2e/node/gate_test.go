@@ -83,7 +83,7 @@ func run(m *testing.M) int {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(dir, "ceph"), WatchTimeout: watchTimeout})
+	cluster, err = ceph.Start(ctx, ceph.Options{Dir: filepath.Join(dir, "ceph"), WatchTimeout: watchTimeout, OSDs: 3})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "starting Ceph: %v\n(logs in %s)\n", err, filepath.Join(dir, "ceph", "log"))
 		return 1

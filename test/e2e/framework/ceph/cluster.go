@@ -51,6 +51,10 @@ type Options struct {
 	User string
 	// Address is where the daemons listen; "" is 127.0.0.1.
 	Address string
+	// OSDs is how many OSDs to run (memstore, each its own daemon; the
+	// pool keeps one copy of each object, so objects spread over them);
+	// 0 is 1.
+	OSDs int
 }
 
 // Cluster is a running cluster.
@@ -66,7 +70,8 @@ type Cluster struct {
 	// UserKey is the cephx key of Options.User.
 	UserKey string
 
-	mon, osd *exec.Cmd
+	mon  *exec.Cmd
+	osds []*exec.Cmd
 }
 
 // pidFile records the daemons so a later run can clean up after an aborted one.
@@ -85,6 +90,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	if opts.User == "" {
 		opts.User = "kube"
+	}
+	if opts.OSDs <= 0 {
+		opts.OSDs = 1
 	}
 	c := &Cluster{opts: opts}
 	c.killLeftovers()
@@ -135,26 +143,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err := c.StartMonitor(); err != nil {
 		return nil, err
 	}
-	osdUUID, err := os.ReadFile("/proc/sys/kernel/random/uuid")
-	if err != nil {
-		return nil, err
-	}
-	for _, s := range [][]string{
-		{"ceph", "osd", "new", strings.TrimSpace(string(osdUUID))},
-		{"ceph-osd", "-i", "0", "--mkfs", "--mkkey", "--osd-uuid", strings.TrimSpace(string(osdUUID)), "--no-mon-config"},
-		{"ceph", "auth", "add", "osd.0", "osd", "allow *", "mon", "allow profile osd", "-i", d + "/osd/keyring"},
-	} {
-		if _, err := c.run(ctx, 60*time.Second, s...); err != nil {
+	for i := 0; i < opts.OSDs; i++ {
+		if err := c.createOSD(ctx, i); err != nil {
 			c.Stop()
 			return nil, err
 		}
 	}
-	c.osd, err = c.daemon("osd", "ceph-osd", "-f", "-i", "0")
-	if err != nil {
-		c.Stop()
-		return nil, err
-	}
-	c.savePids()
 	if err := c.waitOSDUp(ctx, 60*time.Second); err != nil {
 		c.Stop()
 		return nil, err
@@ -176,6 +170,116 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	c.UserKey = strings.TrimSpace(string(out))
 	return c, nil
+}
+
+// createOSD makes OSD id and starts it.
+func (c *Cluster) createOSD(ctx context.Context, id int) error {
+	osdUUID, err := os.ReadFile("/proc/sys/kernel/random/uuid")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(c.opts.Dir, "osd", strconv.Itoa(id))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	name := "osd." + strconv.Itoa(id)
+	for _, s := range [][]string{
+		{"ceph", "osd", "new", strings.TrimSpace(string(osdUUID)), strconv.Itoa(id)},
+		{"ceph-osd", "-i", strconv.Itoa(id), "--mkfs", "--mkkey", "--osd-uuid", strings.TrimSpace(string(osdUUID)), "--no-mon-config"},
+		{"ceph", "auth", "add", name, "osd", "allow *", "mon", "allow profile osd", "-i", filepath.Join(dir, "keyring")},
+	} {
+		if _, err := c.run(ctx, 60*time.Second, s...); err != nil {
+			return err
+		}
+	}
+	osd, err := c.daemon(name, "ceph-osd", "-f", "-i", strconv.Itoa(id))
+	if err != nil {
+		return err
+	}
+	c.osds = append(c.osds, osd)
+	c.savePids()
+	return nil
+}
+
+// OSDs is how many OSDs the cluster runs.
+func (c *Cluster) OSDs() int { return len(c.osds) }
+
+// FreezeOSD stops OSD id where it is (SIGSTOP): it neither serves nor
+// takes new maps, and its peers report it down only after the heartbeat
+// grace (20 s).
+func (c *Cluster) FreezeOSD(id int) error {
+	return syscall.Kill(-c.osds[id].Process.Pid, syscall.SIGSTOP)
+}
+
+// ThawOSD lets a frozen OSD run again.
+func (c *Cluster) ThawOSD(id int) error {
+	return syscall.Kill(-c.osds[id].Process.Pid, syscall.SIGCONT)
+}
+
+// OSDMapEpoch is the monitors' current OSD map epoch.
+func (c *Cluster) OSDMapEpoch(ctx context.Context) (int, error) {
+	out, err := c.run(ctx, 15*time.Second, "ceph", "osd", "dump", "--format=json")
+	if err != nil {
+		return 0, err
+	}
+	var dump struct {
+		Epoch int `json:"epoch"`
+	}
+	if err := json.Unmarshal(out, &dump); err != nil {
+		return 0, fmt.Errorf("ceph osd dump: %w", err)
+	}
+	return dump.Epoch, nil
+}
+
+// OSDEpoch is the newest OSD map OSD id has, as it says itself.
+func (c *Cluster) OSDEpoch(ctx context.Context, id int, timeout time.Duration) (int, error) {
+	out, err := c.run(ctx, timeout, "ceph", "tell", "osd."+strconv.Itoa(id), "status", "--format=json")
+	if err != nil {
+		return 0, err
+	}
+	var st struct {
+		NewestMap int `json:"newest_map"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return 0, fmt.Errorf("ceph tell osd.%d status: %w", id, err)
+	}
+	return st.NewestMap, nil
+}
+
+// ObjectOSD is the OSD that serves object of the pool (its acting primary).
+func (c *Cluster) ObjectOSD(ctx context.Context, object string) (int, error) {
+	out, err := c.run(ctx, 15*time.Second, "ceph", "osd", "map", c.opts.Pool, object, "--format=json")
+	if err != nil {
+		return 0, err
+	}
+	var m struct {
+		Primary int `json:"acting_primary"`
+	}
+	if err := json.Unmarshal(out, &m); err != nil {
+		return 0, fmt.Errorf("ceph osd map: %w", err)
+	}
+	return m.Primary, nil
+}
+
+// ImageObjectPrefix is the prefix of image's data objects ("rbd_data.<id>").
+func (c *Cluster) ImageObjectPrefix(ctx context.Context, image string) (string, error) {
+	out, err := c.run(ctx, 15*time.Second, "rbd", "info", c.opts.Pool+"/"+image, "--format=json")
+	if err != nil {
+		return "", err
+	}
+	var info struct {
+		Prefix string `json:"block_name_prefix"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil || info.Prefix == "" {
+		return "", fmt.Errorf("rbd info %s: no block_name_prefix (%v)", image, err)
+	}
+	return info.Prefix, nil
+}
+
+// Blocklist blocklists addr, as a fencing node does.
+func (c *Cluster) Blocklist(ctx context.Context, addr string) error {
+	_, err := c.run(ctx, 30*time.Second, "ceph", "osd", "blocklist", "add", addr)
+	return err
 }
 
 func (c *Cluster) config(fsid string) string {
@@ -209,9 +313,9 @@ admin socket = %[3]s/run/$name.asok
 keyring = %[3]s/$name.keyring
 [mon.a]
 mon data = %[3]s/mon
-[osd.0]
-osd data = %[3]s/osd
-keyring = %[3]s/osd/keyring
+[osd]
+osd data = %[3]s/osd/$id
+keyring = %[3]s/osd/$id/keyring
 %[4]s[client]
 admin socket =
 log file = %[3]s/log/client.log
@@ -304,13 +408,13 @@ func (c *Cluster) waitOSDUp(ctx context.Context, timeout time.Duration) error {
 			var st struct {
 				NumUpOSDs int `json:"num_up_osds"`
 			}
-			if json.Unmarshal(out, &st) == nil && st.NumUpOSDs == 1 {
+			if json.Unmarshal(out, &st) == nil && st.NumUpOSDs == c.opts.OSDs {
 				return nil
 			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	return fmt.Errorf("the OSD did not come up within %v\n%s", timeout, c.LogTail("osd.0.log", 20))
+	return fmt.Errorf("the OSDs did not come up within %v\n%s", timeout, c.LogTail("osd.0.log", 20))
 }
 
 // CreateImage creates an RBD image of sizeMiB in the pool with only the
@@ -483,9 +587,11 @@ func (c *Cluster) LogTail(name string, n int) string {
 
 // Stop stops the daemons. The directory (with the logs) stays.
 func (c *Cluster) Stop() {
-	stop(c.osd)
+	for _, osd := range c.osds {
+		stop(osd)
+	}
 	stop(c.mon)
-	c.osd, c.mon = nil, nil
+	c.osds, c.mon = nil, nil
 	_ = os.Remove(c.pidFile())
 }
 
@@ -510,7 +616,7 @@ func stop(cmd *exec.Cmd) {
 
 func (c *Cluster) savePids() {
 	var pids []string
-	for _, cmd := range []*exec.Cmd{c.mon, c.osd} {
+	for _, cmd := range append([]*exec.Cmd{c.mon}, c.osds...) {
 		if cmd != nil && cmd.Process != nil {
 			pids = append(pids, strconv.Itoa(cmd.Process.Pid))
 		}
