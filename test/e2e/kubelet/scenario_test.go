@@ -51,7 +51,7 @@ const (
 )
 
 // scenarios are the titles of the real-kubelet scenarios, for the report
-// and the pictures (README's "Reading the report" uses the same).
+// and the pictures (docs/testing.md uses the same).
 var scenarios = map[string]string{
 	"power-off":     "node-a loses power (frozen, link down, kubelet killed); replacement pod on node-b; node-a wakes up",
 	"api-partition": "node-a cut off from the API server only (Ceph kept); its pod evicted; replacement on node-b; partition healed",

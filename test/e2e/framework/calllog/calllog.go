@@ -151,8 +151,8 @@ func Calls(node string, entries []Entry) []Call {
 
 // Mapping is one device the shim made, from the map call's start to the
 // end of its unmap (Gone zero: never unmapped). InUse is when the kubelet
-// first handed the device to something that opens it (fsck, mkfs, mount);
-// zero if it never did.
+// first handed the device to something that opens it (blkid, fsck, mkfs,
+// mount); zero if it never did.
 type Mapping struct {
 	Node, Device, Image string
 	Client              uint64
@@ -231,7 +231,7 @@ func (a Accounting) FencedAt(address string) (time.Time, bool) {
 }
 
 // deviceUsers are the tools that open a handed-out device.
-var deviceUsers = map[string]bool{"mount": true, "fsck": true, "mkfs": true, "mkfs.ext4": true, "mkfs.xfs": true}
+var deviceUsers = map[string]bool{"blkid": true, "mount": true, "fsck": true, "mkfs": true, "mkfs.ext4": true, "mkfs.xfs": true}
 
 // Account computes, from each node's entries (by node name), every
 // mapping, fence and unfenced overlap up to end (mappings still there at
