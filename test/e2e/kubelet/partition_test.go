@@ -79,10 +79,7 @@ func TestPartitionFromTheAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
-		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
-			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-			return err == nil && p.DeletionTimestamp != nil, nil
-		})
+		s.waitEvicted(podA)
 		podB := s.createPod(nodeB, evictionToleration())
 		var msg string
 		if s.build == patched {
@@ -102,10 +99,7 @@ func TestPartitionFromTheAPIServer(t *testing.T) {
 		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
 			t.Fatal(err)
 		}
-		poll(ctx, t, "app-1 gone", failoverTimeout(), func(ctx context.Context) (bool, error) {
-			_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		})
+		s.waitGone(podA)
 		running := s.waitRunning(podB, failoverTimeout())
 		found := s.recordsOn(nodeB, podB, synced)
 		if found != synced {
@@ -146,7 +140,7 @@ func TestPartitionFromCeph(t *testing.T) {
 		})
 		podB := s.createPod(nodeB)
 		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
-		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
+		if !s.nothingOnNodeB() {
 			t.Errorf("the volume was attached to or mapped on node-b while node-a ran the pod")
 		}
 		if r, err := ready(ctx, nodeA); err != nil || !r {
@@ -296,10 +290,7 @@ func TestCutOffFromBoth(t *testing.T) {
 			}
 		}
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
-		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
-			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-			return err == nil && p.DeletionTimestamp != nil, nil
-		})
+		s.waitEvicted(podA)
 		podB := s.createPod(nodeB, evictionToleration())
 
 		reconnect := func() time.Time {
@@ -313,14 +304,11 @@ func TestCutOffFromBoth(t *testing.T) {
 		}
 		if s.build == stock && s.mode != v1.ReadWriteMany {
 			msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
-			if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
+			if !s.nothingOnNodeB() {
 				t.Errorf("stock attached or mapped the volume on node-b while node-a ran the pod")
 			}
 			back := reconnect()
-			poll(ctx, t, "app-1 gone", failoverTimeout(), func(ctx context.Context) (bool, error) {
-				_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-				return apierrors.IsNotFound(err), nil
-			})
+			s.waitGone(podA)
 			running := s.waitRunning(podB, failoverTimeout())
 			found := s.recordsOn(nodeB, podB, synced)
 			if found != synced {

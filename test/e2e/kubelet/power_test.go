@@ -25,7 +25,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
@@ -130,10 +129,7 @@ func testPowerOff(s *scenario, r variant) {
 		t.Fatal(err)
 	}
 	notReady := poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
-	evicted := poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
-		p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-		return err == nil && p.DeletionTimestamp != nil, nil
-	})
+	evicted := s.waitEvicted(podA)
 	if r.restartController {
 		// Down while the replacement is bound: the controller that attaches
 		// it rebuilds its state from the API.
@@ -166,7 +162,7 @@ func testPowerOff(s *scenario, r variant) {
 			what = "the patched controller, node-b's kubelet stock"
 			s.note("event: %s", s.event(podB, "FencedFailoverRefused", "does not fence", failoverTimeout()))
 		}
-		if !s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
+		if !s.nothingOnNodeB() {
 			t.Errorf("%s attached or mapped the volume on node-b", what)
 		}
 		s.outcome = fmt.Sprintf("stuck: Multi-Attach error, app-2 not attached or mapped on node-b for %v (two watch timeouts after the error); app-1 Terminating for good", 2*env.watchTimeout)

@@ -25,7 +25,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
@@ -61,10 +60,7 @@ func TestKubeletRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
-		poll(ctx, t, "app-1 evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
-			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-			return err == nil && p.DeletionTimestamp != nil, nil
-		})
+		s.waitEvicted(podA)
 		podB := s.createPod(nodeB, evictionToleration())
 		if s.build == patched {
 			s.event(podB, "FencedFailover", "attaching it here", failoverTimeout())
@@ -96,10 +92,7 @@ func TestKubeletRestart(t *testing.T) {
 		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
 			t.Fatal(err)
 		}
-		poll(ctx, t, "app-1 gone", failoverTimeout(), func(ctx context.Context) (bool, error) {
-			_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-			return apierrors.IsNotFound(err), nil
-		})
+		s.waitGone(podA)
 		running := s.waitRunning(podB, failoverTimeout())
 		if found := s.recordsOn(nodeB, podB, synced); found != synced {
 			t.Errorf("node-b reads %d of the %d records node-a synced", found, synced)

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -264,6 +265,31 @@ func (s *scenario) attached(n *kubelet.Node) bool {
 		}
 	}
 	return false
+}
+
+// waitEvicted waits until p is being deleted (evicted) and returns when it
+// saw that.
+func (s *scenario) waitEvicted(p *v1.Pod) time.Time {
+	s.t.Helper()
+	return poll(s.ctx, s.t, s.appName(p)+" evicted", failoverTimeout(), func(ctx context.Context) (bool, error) {
+		q, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
+		return err == nil && q.DeletionTimestamp != nil, nil
+	})
+}
+
+// waitGone waits until p is gone from the API and returns when it saw that.
+func (s *scenario) waitGone(p *v1.Pod) time.Time {
+	s.t.Helper()
+	return poll(s.ctx, s.t, s.appName(p)+" gone", failoverTimeout(), func(ctx context.Context) (bool, error) {
+		_, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, p.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+}
+
+// nothingOnNodeB reports whether, for two watch timeouts, the volume was
+// neither attached to node-b nor mapped there.
+func (s *scenario) nothingOnNodeB() bool {
+	return s.neverWithin(2*env.watchTimeout, func() bool { return s.attached(s.nodeB) || len(s.nodeB.Devices()) > 0 })
 }
 
 // neverWithin checks cond every poll interval for d (at least once) and
