@@ -40,6 +40,7 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/netns"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
+	e2ereport "github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/report"
 )
 
 const (
@@ -58,6 +59,8 @@ var env struct {
 	watchTimeout time.Duration
 	// rootEntries are the names in / when the suite started.
 	rootEntries map[string]bool
+	// report is the suite's part of the e2e report.
+	report *e2ereport.Writer
 }
 
 // nodesDir holds the nodes' directories: a short path, whatever the
@@ -75,15 +78,13 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	env.dir = os.Getenv("E2E_DIR")
-	if env.dir == "" {
-		env.dir = filepath.Join(os.TempDir(), "kube-rbd-failover-e2e")
-	}
-	if !filepath.IsAbs(env.dir) {
-		fmt.Fprintf(os.Stderr, "E2E_DIR=%q: want an absolute path\n", env.dir)
+	dir, err := e2ereport.Dir()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	env.dir = filepath.Join(env.dir, "kubelet")
+	env.dir = filepath.Join(dir, "kubelet")
+	env.report = e2ereport.New(dir, "kubelet")
 	for _, v := range binaryVars {
 		if os.Getenv(v) == "" {
 			fmt.Fprintf(os.Stderr, "%s not set: run the kubelet e2e through make e2e (hack/test-e2e.sh builds the binaries)\n", v)
@@ -115,7 +116,6 @@ func run(m *testing.M) int {
 		return code
 	}
 	env.hub = hub
-	var err error
 	if env.rootEntries, err = rootEntries(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -216,17 +216,7 @@ func kubeletVersion(variable string) string {
 	return strings.TrimPrefix(strings.TrimSpace(string(out)), "Kubernetes ")
 }
 
-// report prints a line for the e2e report and appends it to
-// kubelet-report.md beside the suite's directory.
-func report(format string, args ...interface{}) {
-	line := fmt.Sprintf(format, args...)
-	fmt.Print("E2E-REPORT: " + line)
-	f, err := os.OpenFile(filepath.Join(filepath.Dir(env.dir), "kubelet-report.md"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	_, _ = f.WriteString(line)
-}
+// report adds a line to the real-kubelet report.
+func report(format string, args ...interface{}) { env.report.Printf(format, args...) }
 
 func trim(b []byte) string { return strings.TrimSpace(string(b)) }

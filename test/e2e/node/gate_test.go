@@ -37,13 +37,14 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/rbdplugin"
+	e2ereport "github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/report"
 )
 
 var (
 	cluster *ceph.Cluster
 	// watchTimeout is the OSD's osd_client_watch_timeout for this run.
 	watchTimeout time.Duration
-	reportPath   string
+	nodeReport   *e2ereport.Writer
 )
 
 // gateSchedule says when the gate checks: upstream's wait.Backoff (1 s x1.4,
@@ -56,16 +57,16 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	dir := os.Getenv("E2E_DIR")
-	if dir == "" {
-		dir = filepath.Join(os.TempDir(), "kube-rbd-failover-e2e")
+	dir, err := e2ereport.Dir()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
-	var err error
 	if watchTimeout, err = ceph.WatchTimeoutFromEnv(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	reportPath = filepath.Join(dir, "node-report.md")
+	nodeReport = e2ereport.New(dir, "node")
 	// Kills what an aborted earlier run left running.
 	if err := process.SetRegistry(filepath.Join(filepath.Dir(dir), "node-running.pids")); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -100,17 +101,8 @@ func run(m *testing.M) int {
 	return code
 }
 
-// report appends a line to the node-side report and prints it.
-func report(format string, args ...interface{}) {
-	line := fmt.Sprintf(format, args...)
-	fmt.Print("E2E-REPORT: " + line)
-	f, err := os.OpenFile(reportPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	_, _ = f.WriteString(line)
-}
+// report adds a line to the node-side report.
+func report(format string, args ...interface{}) { nodeReport.Printf(format, args...) }
 
 func newImage(t *testing.T, name string) rbdplugin.Volume {
 	t.Helper()
