@@ -9,8 +9,14 @@
 # so that what moves without the change changing does not move the digest.
 rbdf::revision::digest() {
   local line patch sum
-  sum="$(set -o pipefail
+  # errexit is not inherited by a command substitution: set it here, so
+  # that a patch that cannot be read fails the digest.
+  sum="$(set -eo pipefail
     for line in $(rbdf::lines::list | LC_ALL=C sort); do
+      if [[ ! -f "${RBDF_ROOT}/patches/${line}/series" ]]; then
+        rbdf::log::error "patches/${line}/series is missing"
+        exit 1
+      fi
       printf 'line %s\n' "${line}"
       while read -r patch; do
         if [[ ! -f "${patch}" ]]; then

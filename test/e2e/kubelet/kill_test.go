@@ -136,10 +136,10 @@ func TestKilledBetweenMapAndRecord(t *testing.T) {
 			used.InUse.Format(time.RFC3339Nano), recorded, verified)
 	}
 	// Its failed reclaim removed the record of the mapping it unmapped:
-	// nothing blocklists that dead client (for 30 days).
-	if at, fenced := acc.FencedAt(first.Address); fenced {
-		t.Errorf("the client of the unmapped first mapping (%s) was blocklisted at %s: its record outlived the unmap",
-			first.Address, at.Format(time.RFC3339Nano))
+	// nothing blocklists that dead client (for 30 days), nor anyone else.
+	for _, f := range acc.Fences {
+		t.Errorf("%s blocklisted %s at %s (the first mapping's client is %s): its record outlived the unmap", f.Node, f.Address,
+			f.End.Format(time.RFC3339Nano), first.Address)
 	}
 	if records := s.holderRecords(); len(records) != 1 || !strings.Contains(records[0], `"`+used.Address+`"`) {
 		t.Errorf("holder records %q, want the mapping in use's alone (%s)", records, used.Address)

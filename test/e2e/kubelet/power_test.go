@@ -310,7 +310,8 @@ func (s *scenario) staleWrite(client int, vol string) stale {
 }
 
 // checkStaleWriteFailed fails the scenario unless node-a's write after it
-// came back failed within the bound.
+// came back failed within the bound with an I/O error: any other failure
+// (no marker, a shell error) says nothing about the fence.
 func (s *scenario) checkStaleWriteFailed(r stale) {
 	s.t.Helper()
 	switch {
@@ -318,6 +319,8 @@ func (s *scenario) checkStaleWriteFailed(r stale) {
 		s.t.Errorf("node-a's write after it came back hung past %v: a fenced client's write must fail", staleWriteBound)
 	case r.err == nil:
 		s.t.Errorf("node-a's write after it came back was acknowledged: its client should be fenced")
+	case !strings.Contains(string(r.out), "Input/output error"):
+		s.t.Errorf("node-a's write after it came back failed, but not with an I/O error: %s", r)
 	}
 }
 

@@ -407,7 +407,7 @@ func (s *scenario) finish(want expectation) {
 	}
 	acc := s.account()
 	s.verdict(acc, want)
-	s.mon.crossCheck(acc, want)
+	s.mon.crossCheck(acc)
 	report("- %s, %s: %s\n", s.name, s.tl.Title, s.outcome)
 	for _, n := range s.notes {
 		report("  - %s\n", n)

@@ -97,7 +97,11 @@ func main() {
 		tool, real = "rbd", realRbd
 	}
 	if state != "" {
-		logStart(state, tool, args)
+		// A call the log cannot hold does not run: the verdict would miss it.
+		if err := logStart(state, tool, args); err != nil {
+			fmt.Fprintf(os.Stderr, "rbd-shim: %v\n", err)
+			os.Exit(1)
+		}
 	}
 	if tool == "rbd" && state != "" && isHolderRecordWrite(args) {
 		holdRecord(state)
@@ -151,7 +155,7 @@ func main() {
 // exit logs the end of this call with status and exits with it.
 func exit(state string, status int) {
 	if state != "" {
-		appendEntry(state, calllog.Entry{Pid: os.Getpid(), Kind: calllog.End, Status: status})
+		_ = appendEntry(state, calllog.Entry{Pid: os.Getpid(), Kind: calllog.End, Status: status})
 	}
 	os.Exit(status)
 }
@@ -271,21 +275,24 @@ func startEntry(tool string, args []string) calllog.Entry {
 }
 
 // logStart logs the start of this call.
-func logStart(state, tool string, args []string) {
-	appendEntry(state, startEntry(tool, args))
+func logStart(state, tool string, args []string) error {
+	return appendEntry(state, startEntry(tool, args))
 }
 
 // logLine logs a note of the shim's own.
 func logLine(state, what string) {
-	appendEntry(state, calllog.Entry{Kind: calllog.Note, What: what})
+	_ = appendEntry(state, calllog.Entry{Kind: calllog.Note, What: what})
 }
 
 // appendEntry adds e to the node's call log. A log that cannot be written
-// is said on stderr: the verdict would miss the call.
-func appendEntry(state string, e calllog.Entry) {
-	if err := calllog.Append(filepath.Join(state, calllog.FileName), e); err != nil {
-		fmt.Fprintf(os.Stderr, "rbd-shim: call log: %v\n", err)
+// is also said on stderr.
+func appendEntry(state string, e calllog.Entry) error {
+	err := calllog.Append(filepath.Join(state, calllog.FileName), e)
+	if err != nil {
+		err = fmt.Errorf("call log: %w", err)
+		fmt.Fprintf(os.Stderr, "rbd-shim: %v\n", err)
 	}
+	return err
 }
 
 // mapArgs is what the shim needs from a map's argv.
@@ -460,15 +467,27 @@ func mapImage(state string, args []string) (string, error) {
 	}
 	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, FuseConn: fuseConn,
 		Client: client, Address: address, ReadOnly: m.readOnly}
-	if err := publish(state, n, mp, m); err != nil {
+	dev := fmt.Sprintf("/dev/rbd%d", n)
+	// Logged before the device and its record appear: nothing sees a
+	// mapping the log does not hold, and one it cannot hold is not made.
+	mapped := calllog.Entry{Pid: os.Getpid(), Kind: calllog.Mapped, Device: dev, Image: m.pool + "/" + m.image,
+		Client: client, Address: address, Options: m.options, ReadOnly: m.readOnly}
+	err = appendEntry(state, mapped)
+	if err == nil {
+		if err = publish(state, n, mp, m); err != nil {
+			unmapped := mapped
+			unmapped.Kind, unmapped.Options = calllog.Unmapped, ""
+			_ = appendEntry(state, unmapped)
+		}
+	}
+	if err != nil {
+		_ = os.RemoveAll(filepath.Join(sysfsRoot, strconv.Itoa(n)))
+		_ = os.Remove(dev)
 		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
 		return "", err
 	}
 	_ = os.Remove(pending)
-	dev := fmt.Sprintf("/dev/rbd%d", n)
-	appendEntry(state, calllog.Entry{Kind: calllog.Mapped, Device: dev, Image: m.pool + "/" + m.image, Client: client,
-		Address: address, Options: m.options, ReadOnly: m.readOnly})
 	return dev, nil
 }
 
@@ -593,8 +612,10 @@ func unmap(state, target string) error {
 		if err := os.Remove(rec); err != nil {
 			return err
 		}
-		appendEntry(state, calllog.Entry{Kind: calllog.Unmapped, Device: "/dev/rbd" + n, Image: mp.Pool + "/" + mp.Image,
-			Client: mp.Client, Address: mp.Address, ReadOnly: mp.ReadOnly})
+		// The device is gone whether or not the log holds that: an entry it
+		// misses leaves the mapping open in the verdict (a failure there).
+		_ = appendEntry(state, calllog.Entry{Pid: os.Getpid(), Kind: calllog.Unmapped, Device: "/dev/rbd" + n,
+			Image: mp.Pool + "/" + mp.Image, Client: mp.Client, Address: mp.Address, ReadOnly: mp.ReadOnly})
 		return nil
 	}
 	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
@@ -644,7 +665,7 @@ func boundedByFuse(state string, mp mapping, argv ...string) error {
 	if mp.FuseConn == 0 {
 		return fmt.Errorf("rbd: sysfs write failed\n%s: no answer from rbd-fuse within %v", strings.Join(argv, " "), fuseBound)
 	}
-	appendEntry(state, calllog.Entry{Kind: calllog.Note, What: fmt.Sprintf("shim aborted rbd-fuse (%s) of client %s", argv[0], mp.Address),
+	_ = appendEntry(state, calllog.Entry{Kind: calllog.Note, What: fmt.Sprintf("shim aborted rbd-fuse (%s) of client %s", argv[0], mp.Address),
 		Address: mp.Address})
 	kubelet.AbortFuse(mp.FuseConn)
 	select {

@@ -85,7 +85,9 @@ func TestCallLogKeepsOnlyWhatACallNames(t *testing.T) {
 		{"mount", []string{"-t", "ext4", "-o", "defaults", "/dev/rbd3", "/var/lib/kubelet/plugins/x"}},
 		{"fsck", []string{"-a", "/dev/rbd3"}},
 	} {
-		logStart(state, c.tool, c.args)
+		if err := logStart(state, c.tool, c.args); err != nil {
+			t.Fatal(err)
+		}
 	}
 	entries, err := calllog.Read(filepath.Join(state, calllog.FileName))
 	if err != nil {

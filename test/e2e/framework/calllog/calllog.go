@@ -25,6 +25,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -93,7 +94,9 @@ func Append(path string, e Entry) error {
 }
 
 // Read returns the entries of the log at path (none if there is none).
-// A line it cannot read is an error: the verdict must not skip a call.
+// A line it cannot read is an error: the verdict must not skip a call. A
+// last line without its newline is a write still under way: left for the
+// next read.
 func Read(path string) ([]Entry, error) {
 	f, err := os.Open(path)
 	if os.IsNotExist(err) {
@@ -104,16 +107,21 @@ func Read(path string) ([]Entry, error) {
 	}
 	defer f.Close()
 	var entries []Entry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for n := 1; sc.Scan(); n++ {
+	r := bufio.NewReader(f)
+	for n := 1; ; n++ {
+		line, err := r.ReadBytes('\n')
+		if err == io.EOF {
+			return entries, nil
+		}
+		if err != nil {
+			return nil, err
+		}
 		var e Entry
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+		if err := json.Unmarshal(line, &e); err != nil {
 			return nil, fmt.Errorf("%s line %d: %w", path, n, err)
 		}
 		entries = append(entries, e)
 	}
-	return entries, sc.Err()
 }
 
 // Call is a start paired with its end.
@@ -132,7 +140,16 @@ func (c Call) Name() string { return strings.TrimSpace(c.Start.Tool + " " + c.St
 
 // Calls pairs each start of node's entries with the next end of its pid.
 func Calls(node string, entries []Entry) []Call {
+	calls, _ := pair(node, entries)
+	return calls
+}
+
+// pair pairs starts and ends, and says what it cannot pair: an end with no
+// open start of its pid (a start lost, so that end could be taken for
+// another call's).
+func pair(node string, entries []Entry) ([]Call, []string) {
 	var calls []Call
+	var errs []string
 	open := map[int]int{}
 	for _, e := range entries {
 		switch e.Kind {
@@ -140,13 +157,17 @@ func Calls(node string, entries []Entry) []Call {
 			open[e.Pid] = len(calls)
 			calls = append(calls, Call{Node: node, Start: e})
 		case End:
-			if i, ok := open[e.Pid]; ok {
-				calls[i].End, calls[i].Ended, calls[i].Status = e.At, true, e.Status
-				delete(open, e.Pid)
+			i, ok := open[e.Pid]
+			if !ok {
+				errs = append(errs, fmt.Sprintf("%s: an end (pid %d, status %d) at %s with no start", node, e.Pid, e.Status,
+					e.At.Format(time.RFC3339Nano)))
+				continue
 			}
+			calls[i].End, calls[i].Ended, calls[i].Status = e.At, true, e.Status
+			delete(open, e.Pid)
 		}
 	}
-	return calls
+	return calls, errs
 }
 
 // Mapping is one device the shim made, from the map call's start to the
@@ -245,16 +266,21 @@ func Account(logs map[string][]Entry, end time.Time) Accounting {
 	sort.Strings(nodes)
 	for _, node := range nodes {
 		entries := logs[node]
-		calls := Calls(node, entries)
+		calls, errs := pair(node, entries)
 		a.Calls = append(a.Calls, calls...)
-		// The map call a mapping came from: the last map of that image
-		// started on this node before the device appeared.
-		mapStart := func(image string, at time.Time) time.Time {
-			begin := at
+		a.Errors = append(a.Errors, errs...)
+		// The map call a mapping came from: the last call of its pid
+		// started before the device appeared.
+		mapStart := func(e Entry) time.Time {
+			begin, found := e.At, false
 			for _, c := range calls {
-				if c.Name() == "rbd map" && c.Start.Image == image && !c.Start.At.After(at) {
-					begin = c.Start.At
+				if c.Start.Pid == e.Pid && c.Name() == "rbd map" && !c.Start.At.After(e.At) {
+					begin, found = c.Start.At, true
 				}
+			}
+			if !found {
+				a.Errors = append(a.Errors, fmt.Sprintf("%s: %s mapped at %s by no map call (pid %d)", node, e.Device,
+					e.At.Format(time.RFC3339Nano), e.Pid))
 			}
 			return begin
 		}
@@ -263,9 +289,13 @@ func Account(logs map[string][]Entry, end time.Time) Accounting {
 		for _, e := range entries {
 			switch e.Kind {
 			case Mapped:
+				if i, ok := live[e.Device]; ok {
+					a.Errors = append(a.Errors, fmt.Sprintf("%s: %s mapped at %s while it still maps client.%d", node, e.Device,
+						e.At.Format(time.RFC3339Nano), a.Mappings[i].Client))
+				}
 				live[e.Device] = len(a.Mappings)
 				a.Mappings = append(a.Mappings, Mapping{Node: node, Device: e.Device, Image: e.Image, Client: e.Client,
-					Address: e.Address, ReadOnly: e.ReadOnly, Options: e.Options, Begin: mapStart(e.Image, e.At)})
+					Address: e.Address, ReadOnly: e.ReadOnly, Options: e.Options, Begin: mapStart(e)})
 			case Unmapped:
 				i, ok := live[e.Device]
 				if !ok {

@@ -18,6 +18,7 @@ package calllog
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -48,7 +49,7 @@ func (l *log) call(start, end int, status int, e Entry) *log {
 // mapped is a map call from start to end that made dev for client.
 func (l *log) mapped(start, end int, dev string, client uint64) *log {
 	l.call(start, end, 0, Entry{Tool: "rbd", Verbs: "map", Image: "rbd/img", Options: "noshare"})
-	l.entries = append(l.entries, Entry{At: at(end - 1), Kind: Mapped, Device: dev, Image: "rbd/img", Client: client,
+	l.entries = append(l.entries, Entry{At: at(end - 1), Pid: l.pid, Kind: Mapped, Device: dev, Image: "rbd/img", Client: client,
 		Address: addr(client)})
 	return l
 }
@@ -152,6 +153,29 @@ func TestAccount(t *testing.T) {
 			wantErrors: 1,
 		},
 		{
+			name:           "blkid opens the device: a use",
+			a:              (&log{}).mapped(0, 100, "/dev/rbd0", 1).call(200, 210, 0, Entry{Tool: "blkid", Device: "/dev/rbd0"}),
+			b:              (&log{}).mapped(5000, 5100, "/dev/rbd1", 2).call(5200, 5210, 0, Entry{Tool: "blkid", Device: "/dev/rbd1"}),
+			wantViolations: []string{"5200-100000"},
+			wantMapped:     1,
+		},
+		{
+			name:       "an end without its start is an error",
+			a:          &log{entries: []Entry{{At: at(10), Pid: 99, Kind: End}}},
+			b:          &log{},
+			wantErrors: 1,
+		},
+		{
+			name: "a device mapped again while it still maps is an error",
+			a: func() *log {
+				l := (&log{}).mapped(0, 100, "/dev/rbd0", 1)
+				return l.mapped(200, 300, "/dev/rbd0", 3)
+			}(),
+			b:          &log{},
+			wantErrors: 1,
+			wantMapped: 1,
+		},
+		{
 			name:       "a mount of a device that is not mapped is an error",
 			a:          (&log{}).mount(200, "/dev/rbd0"),
 			b:          &log{},
@@ -216,5 +240,17 @@ func TestAppendRead(t *testing.T) {
 	}
 	if none, err := Read(filepath.Join(t.TempDir(), "none")); err != nil || none != nil {
 		t.Errorf("a missing log reads %v, %v; want nothing", none, err)
+	}
+	// A write under way: its line has no newline yet, and waits.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"at":"2026-12-03T12:00:00Z","pid":8,"ki`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if got, err := Read(path); err != nil || len(got) != len(want) {
+		t.Errorf("with a line under way: %d entries, %v; want the %d whole ones", len(got), err, len(want))
 	}
 }
