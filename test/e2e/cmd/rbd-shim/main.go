@@ -514,16 +514,24 @@ func watchers(m mapArgs, cred []string) (map[uint64]string, error) {
 	return ids, nil
 }
 
-// newWatcher returns the client that started watching since before: the
-// rbd-fuse client (0 if it cannot tell).
+// newWatcher returns the client that started watching since before from
+// this node's address (RBD_SHIM_NODE_IP): the rbd-fuse client. Another
+// node's short opens of the image (its fence's rbd image-meta calls) are
+// not it; with more than one candidate it waits, and rather than guess it
+// gives up (0).
 func newWatcher(m mapArgs, cred []string, before map[uint64]string) (uint64, string) {
+	nodeIP := os.Getenv("RBD_SHIM_NODE_IP")
 	for i := 0; i < 50; i++ {
 		now, err := watchers(m, cred)
 		if err == nil {
+			var ids []uint64
 			for id, addr := range now {
-				if _, old := before[id]; !old {
-					return id, addr
+				if _, old := before[id]; !old && (nodeIP == "" || strings.HasPrefix(addr, nodeIP+":")) {
+					ids = append(ids, id)
 				}
+			}
+			if len(ids) == 1 {
+				return ids[0], now[ids[0]]
 			}
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -349,6 +349,11 @@ func Account(logs map[string][]Entry, end time.Time) Accounting {
 	for i := range a.Mappings {
 		for j := i + 1; j < len(a.Mappings); j++ {
 			m, n := a.Mappings[i], a.Mappings[j]
+			if m.Address == n.Address && m.Node != n.Node {
+				// One client cannot map on two nodes: the shim took another
+				// node's watcher for its own, and the verdict cannot tell.
+				a.Errors = append(a.Errors, fmt.Sprintf("%s and %s have one client address", m, n))
+			}
 			if m.Image != n.Image || m.ReadOnly || n.ReadOnly || (m.Address != "" && m.Address == n.Address) {
 				continue
 			}

@@ -240,6 +240,9 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 	env := append([]string{
 		"PATH=" + n.bin() + ":" + os.Getenv("PATH"),
 		"RBD_SHIM_STATE=" + n.state(),
+		// The shim tells its mapping's client among the image's watchers
+		// by the node's address.
+		"RBD_SHIM_NODE_IP=" + n.Net.IP.String(),
 	}, n.opts.Env...)
 	// Joining a mount namespace moves the working directory to its root,
 	// and the kubelet removes what matches a removed container's log path
