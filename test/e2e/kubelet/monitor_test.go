@@ -368,8 +368,26 @@ func (m *monitor) crossCheck(acc calllog.Accounting) {
 	if len(m.errors) > 0 {
 		t.Errorf("the safety monitor could not read the image's watchers %d of %d times; first: %s", len(m.errors), m.samples, m.errors[0])
 	}
-	if m.samples < 5 {
+	if m.samples < minSamples {
 		t.Errorf("the safety monitor took only %d samples", m.samples)
+	}
+}
+
+// minSamples is the fewest samples a run's second view may rest on.
+const minSamples = 5
+
+// waitSamples waits, up to timeout, until the monitor has taken n samples:
+// on a busy machine a short scenario can end before it has.
+func (m *monitor) waitSamples(n int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for {
+		m.mu.Lock()
+		got := m.samples
+		m.mu.Unlock()
+		if got >= n || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(monitorInterval)
 	}
 }
 

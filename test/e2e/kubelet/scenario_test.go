@@ -386,6 +386,7 @@ func (s *scenario) account() calllog.Accounting {
 // finish stops the monitor, adds the nodes' calls to the timeline, checks
 // the safety verdict (from the call logs) and reports the run.
 func (s *scenario) finish(want expectation) {
+	s.mon.waitSamples(minSamples, time.Minute)
 	s.mon.stop()
 	for _, n := range []*kubelet.Node{s.nodeA, s.nodeB} {
 		calls, err := n.Calls()
