@@ -48,8 +48,13 @@ func (l *log) call(start, end int, status int, e Entry) *log {
 
 // mapped is a map call from start to end that made dev for client.
 func (l *log) mapped(start, end int, dev string, client uint64) *log {
-	l.call(start, end, 0, Entry{Tool: "rbd", Verbs: "map", Image: "rbd/img", Options: "noshare"})
-	l.entries = append(l.entries, Entry{At: at(end - 1), Pid: l.pid, Kind: Mapped, Device: dev, Image: "rbd/img", Client: client,
+	return l.mappedImage(start, end, dev, "rbd/img", client)
+}
+
+// mappedImage is mapped for another image than rbd/img.
+func (l *log) mappedImage(start, end int, dev, image string, client uint64) *log {
+	l.call(start, end, 0, Entry{Tool: "rbd", Verbs: "map", Image: image, Options: "noshare"})
+	l.entries = append(l.entries, Entry{At: at(end - 1), Pid: l.pid, Kind: Mapped, Device: dev, Image: image, Client: client,
 		Address: addr(client)})
 	return l
 }
@@ -174,6 +179,28 @@ func TestAccount(t *testing.T) {
 			b:          &log{},
 			wantErrors: 1,
 			wantMapped: 1,
+		},
+		{
+			// krbd without noshare: one client per node and credential.
+			name: "two images mapped through one client on one node: no overlap, no error",
+			a: (&log{}).mapped(0, 100, "/dev/rbd0", 1).mount(200, "/dev/rbd0").
+				mappedImage(300, 400, "/dev/rbd1", "rbd/other", 1).mount(500, "/dev/rbd1"),
+			b: &log{},
+		},
+		{
+			name: "a fence of a shared client counts for each image it maps",
+			a: (&log{}).mapped(0, 100, "/dev/rbd0", 1).mount(200, "/dev/rbd0").
+				mappedImage(300, 400, "/dev/rbd1", "rbd/other", 1).mount(500, "/dev/rbd1"),
+			b: (&log{}).blocklist(4000, 4500, 0, 1).mapped(4600, 4700, "/dev/rbd2", 2).mount(4800, "/dev/rbd2").
+				mappedImage(4900, 5000, "/dev/rbd3", "rbd/other", 3).mount(5100, "/dev/rbd3"),
+			wantFences: 1,
+		},
+		{
+			// The shim took another node's watcher for its own.
+			name:       "one client address on two nodes is an error",
+			a:          (&log{}).mapped(0, 100, "/dev/rbd0", 1).mount(200, "/dev/rbd0"),
+			b:          (&log{}).mappedImage(5000, 5100, "/dev/rbd1", "rbd/other", 1).mount(5200, "/dev/rbd1"),
+			wantErrors: 1,
 		},
 		{
 			name:       "a mount of a device that is not mapped is an error",
