@@ -254,6 +254,12 @@ func testPowerOff(s *scenario, r variant) {
 // through vol: where a stale write of node-a lands. It returns the block's
 // address on the image, from the filesystem's extent map (512-byte units).
 func (s *scenario) writeMarker(n *kubelet.Node, vol string) int64 {
+	s.t.Helper()
+	return s.writeMarkerOn(n, vol, s.claim)
+}
+
+// writeMarkerOn is writeMarker for vol, a mount of image.
+func (s *scenario) writeMarkerOn(n *kubelet.Node, vol, image string) int64 {
 	t, ctx := s.t, s.ctx
 	t.Helper()
 	if out, err := n.InNode(ctx, "sh", "-c", `head -c 4096 /dev/zero | tr '\0' A > "$1/marker" && sync "$1/marker"`,
@@ -265,7 +271,7 @@ func (s *scenario) writeMarker(n *kubelet.Node, vol string) int64 {
 		t.Fatalf("filefrag: %v: %s", err, extents)
 	}
 	offset := firstPhysicalOffset(t, string(extents)) * 512
-	if got := imageBytes(ctx, t, s.claim, offset, 4096); string(got) != strings.Repeat("A", 4096) {
+	if got := imageBytes(ctx, t, image, offset, 4096); string(got) != strings.Repeat("A", 4096) {
 		t.Fatalf("the image at %d does not hold the marker block (%q…): the offset is wrong", offset, clip(got))
 	}
 	return offset
@@ -283,12 +289,14 @@ type stale struct {
 	err  error
 	hung bool
 	took time.Duration
+	// bound is how long the write was given.
+	bound time.Duration
 }
 
 func (r stale) String() string {
 	switch {
 	case r.hung:
-		return fmt.Sprintf("hung for %v, killed", staleWriteBound)
+		return fmt.Sprintf("hung for %v, killed", r.bound)
 	case r.err != nil:
 		return fmt.Sprintf("failed after %v (%v: %s)", r.took.Round(time.Millisecond), r.err, trim(r.out))
 	}
@@ -300,13 +308,21 @@ func (r stale) String() string {
 // page cache, within staleWriteBound (the write and its shell are killed
 // as a group past it).
 func (s *scenario) staleWrite(client int, vol string) stale {
-	ctx, cancel := context.WithTimeout(s.ctx, staleWriteBound)
+	return s.overwriteMarker(client, vol, 'S', staleWriteBound)
+}
+
+// overwriteMarker has the application, through the mount namespace of
+// Ceph client pid, overwrite the marker block in vol with fill, bypassing
+// the page cache, within bound (the write and its shell are killed as a
+// group past it).
+func (s *scenario) overwriteMarker(client int, vol string, fill byte, bound time.Duration) stale {
+	ctx, cancel := context.WithTimeout(s.ctx, bound)
 	defer cancel()
 	start := time.Now()
 	out, err := kubelet.InClientNS(ctx, client, "sh", "-c",
-		`head -c 4096 /dev/zero | tr '\0' S | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
-		"app", vol)
-	return stale{out: out, err: err, hung: ctx.Err() != nil, took: time.Since(start)}
+		`head -c 4096 /dev/zero | tr '\0' "$2" | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
+		"app", vol, string(fill))
+	return stale{out: out, err: err, hung: ctx.Err() != nil, took: time.Since(start), bound: bound}
 }
 
 // checkStaleWriteFailed fails the scenario unless node-a's write after it
@@ -316,7 +332,7 @@ func (s *scenario) checkStaleWriteFailed(r stale) {
 	s.t.Helper()
 	switch {
 	case r.hung:
-		s.t.Errorf("node-a's write after it came back hung past %v: a fenced client's write must fail", staleWriteBound)
+		s.t.Errorf("node-a's write after it came back hung past %v: a fenced client's write must fail", r.bound)
 	case r.err == nil:
 		s.t.Errorf("node-a's write after it came back was acknowledged: its client should be fenced")
 	case !strings.Contains(string(r.out), "Input/output error"):

@@ -71,6 +71,8 @@ var scenarios = map[string]string{
 		"watches the image; started again; the other client closes the image",
 	"copy-in-use":    "node-a runs a pod on its image; the image is copied (rbd cp, records included); a pod on node-b uses the copy",
 	"short-notready": "node-a NotReady for a while (API cut off), its pod not evicted; a second pod for the claim on node-b; node-a back",
+	"two-volumes": "node-a runs two pods with a volume each, one of them never evicted; node-a cut off from the API server and Ceph; " +
+		"the other's replacement on node-b; node-a reconnected writes to the volume it kept",
 }
 
 // useControllerManager makes the running kube-controller-manager build's.
@@ -178,10 +180,17 @@ func (s *scenario) lane(n *kubelet.Node) string {
 // createPod creates the scenario's next pod (app-1, app-2, …) on n.
 func (s *scenario) createPod(n *kubelet.Node, opts ...podOption) *v1.Pod {
 	s.t.Helper()
+	return s.createPodOf(s.claim, n, opts...)
+}
+
+// createPodOf creates the scenario's next pod on n with claim, another
+// volume than the scenario's (a node with two).
+func (s *scenario) createPodOf(claim string, n *kubelet.Node, opts ...podOption) *v1.Pod {
+	s.t.Helper()
 	s.podsMu.Lock()
 	next := len(s.pods) + 1
 	s.podsMu.Unlock()
-	p := createPod(s.ctx, s.t, fmt.Sprintf("%s-app-%d", s.claim, next), s.claim, n, opts...)
+	p := createPod(s.ctx, s.t, fmt.Sprintf("%s-app-%d", s.claim, next), claim, n, opts...)
 	s.podsMu.Lock()
 	s.pods = append(s.pods, p)
 	s.podsMu.Unlock()
