@@ -25,7 +25,11 @@ limitations under the License.
 //     a loop device over it, and makes what the RBD plugin looks for: the
 //     sysfs entry /sys/bus/rbd/devices/N/{pool,name,client_id,client_addr,config_info}
 //     (on the node's own tmpfs at /sys/bus) and the block device /dev/rbdN
-//     (N is the loop device's number, unique on the machine).
+//     (N is the loop device's number, unique on the machine). Each mapping
+//     is an rbd-fuse client of its own, with "-o noshare" or without: one
+//     rbd-fuse cannot stand in for krbd's shared client (it keeps an image
+//     watched after its file is closed, and statfs opens every image of
+//     the pool; docs/testing.md).
 //   - unmap (by device or by pool/image): reverses it. Where rbd-fuse does
 //     not let go of a fenced client's device, it aborts the client's FUSE
 //     connection after 10 s, as krbd fails a blocklisted client's I/O.
