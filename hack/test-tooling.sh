@@ -2,9 +2,10 @@
 # Tests of the patch-queue tooling itself. Each case runs the real scripts on
 # a scratch copy of the repository (hack/, patches/, PATCHES.md, go.mod) with
 # a clone of the primary line's materialised tree, breaks one thing and
-# checks that the right script fails and says why (the revision and the
-# lines' checks need no tree: a patch changed under the same revision, a fix
-# made on the primary line only); two cases check the test report and
+# checks that the right script fails and says why (among them a patch that
+# rewrites an earlier one's line; the revision and the lines' checks need no
+# tree: a patch changed under the same revision, a fix made on the primary
+# line only); two cases check the test report and
 # summary on a recorded go test -json stream, some the helpers of hack/lib
 # (temporary directories, DEP-3 fields), and one make help's list. Prints
 # PASS:/FAIL: lines.
@@ -253,6 +254,18 @@ expect "kube-tree refuses a tree with commits not in the series" fail \
 expect "update-patches exports the new commit" 0 \
   "exported $(($(rbdf::tree::series_files | wc -l) + 1)) patch(es)" hack/update-patches.sh
 expect "kube-tree accepts the tree once exported" 0 "series applied" hack/kube-tree.sh
+
+fresh_copy clone
+# A later patch that changes a line the first patch added: the series still
+# applies and exports, but the first patch is no longer final.
+tree="${scratch}/repo/_output/kubernetes"
+first_commit="$(rbdf::tree::git "${tree}" rev-list --reverse "${RBDF_KUBE_VERSION}..HEAD" | head -n1)"
+added_file="$(rbdf::tree::git "${tree}" show --diff-filter=A --name-only --format= "${first_commit}" | grep '\.go$' | head -n1)"
+sed -i '0,/^func /s/^func .*$/& \/\/ planted/' "${tree}/${added_file}"
+rbdf::tree::git "${tree}" commit --quiet -am "UPSTREAM: <carry>: rbd: planted rewrite"
+(cd "${scratch}/repo" && hack/update-patches.sh >/dev/null 2>&1)
+expect "verify-patches fails on a patch that rewrites a line an earlier patch added, naming it" fail \
+  "UPSTREAM: <carry>: rbd: planted rewrite: ${added_file}:" hack/verify-patches.sh
 
 # The test report counts leaf tests and names each failure with its first
 # error line (or the package's panic); the summary lists them above its last

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Verifies that every line's series applies with git am (no fuzz) to a fresh
-# copy of its pristine upstream tree, and that re-exporting it is
-# byte-identical to what is committed.
+# copy of its pristine upstream tree, that no patch rewrites a line an
+# earlier patch added, and that re-exporting it is byte-identical to what is
+# committed.
 set -euo pipefail
 
 # shellcheck source=hack/lib/init.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/init.sh"
 
 failed=0
-tmp=""
+tmp="" rewrites=""
 for line in ${LINES:-$(rbdf::lines::list)}; do
   rbdf::lines::setup "${line}"
   [[ -s "${RBDF_PATCHES}/series" ]] || continue
@@ -27,6 +28,12 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
     failed=1
     rbdf::util::tmpdir_rm "${tmp}"
     continue
+  fi
+  rewrites="$(rbdf::tree::rewrites "${tmp}/kubernetes" "${RBDF_KUBE_VERSION}")"
+  if [[ -n "${rewrites}" ]]; then
+    rbdf::log::error "${line}: a patch rewrites lines an earlier patch of the series added (each patch must be" \
+      "final for its concern: make the change in the patch that added the line):"$'\n'"${rewrites}"
+    failed=1
   fi
   mkdir "${tmp}/export"
   rbdf::tree::export "${tmp}/kubernetes" "${tmp}/export"

@@ -103,6 +103,29 @@ rbdf::tree::series_files() {
   done < "${RBDF_PATCHES}/series"
 }
 
+# rbdf::tree::rewrites TREE TAG prints each line that a commit above TAG
+# removes (or changes) although an earlier commit above TAG added it, as
+# "<subject>: <file>:<line>: <text>". A carried series is rebased as a
+# unit, so each patch should be final for its concern: a later patch that
+# rewrites an earlier one's line makes both harder to carry and to review.
+rbdf::tree::rewrites() {
+  local tree="$1" tag="$2" commit file start sha
+  local -A series=()
+  while read -r commit; do series[${commit}]=1; done < <(rbdf::tree::git "${tree}" rev-list "${tag}..HEAD")
+  while read -r commit; do
+    # Each removed line, on the parent's side: "file line".
+    while read -r file start; do
+      while read -r sha; do
+        [[ -n "${series[${sha}]:-}" ]] || continue
+        printf '%s: %s:%s: %s\n' "$(rbdf::tree::git "${tree}" log -1 --format=%s "${commit}")" "${file}" "${start}" \
+          "$(rbdf::tree::git "${tree}" show "${commit}^:${file}" | sed -n "${start}p")"
+      done < <(rbdf::tree::git "${tree}" blame --porcelain -L "${start},+1" "${commit}^" -- "${file}" | awk 'NR == 1 { print $1 }')
+    done < <(rbdf::tree::git "${tree}" diff -U0 --no-renames "${commit}^" "${commit}" |
+      awk '/^--- a\// { file = substr($0, 7) } /^--- \/dev\/null/ { file = "" }
+           file != "" && /^@@ / { split(substr($2, 2), r, ","); n = (r[2] == "" ? 1 : r[2]); for (i = 0; i < n; i++) print file, r[1] + i }')
+  done < <(rbdf::tree::git "${tree}" rev-list --reverse "${tag}..HEAD")
+}
+
 # rbdf::tree::export TREE DIR writes the commits above the upstream tag of TREE
 # to DIR as format-patch files, with options that make the output stable.
 rbdf::tree::export() {

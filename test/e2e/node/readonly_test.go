@@ -90,7 +90,7 @@ func dirtyExt4(t *testing.T, dir string) string {
 }
 
 // TestReadOnlyMapOfDirtyFilesystem: a ReadOnlyMany volume used read-only is
-// mapped --read-only (patch 0001), where a filesystem with a dirty journal
+// mapped --read-only (patch 0002), where a filesystem with a dirty journal
 // (a PV made from a snapshot of a mounted filesystem) cannot replay it. The
 // plugin's MountDevice must still mount it, on the real mounter.
 func TestReadOnlyMapOfDirtyFilesystem(t *testing.T) {
