@@ -67,6 +67,8 @@ rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/fake
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-shim" ./test/e2e/cmd/rbd-shim
 export E2E_ETCD="${e2e_bin}/etcd"
 export E2E_KUBELET_PATCHED="${RBDF_LINE_OUTPUT}/bin/kubelet"
+# The revision the patched builds must report (checkKubeletVersion).
+export E2E_RBDF_REVISION="${RBDF_REVISION}"
 export E2E_KUBELET_STOCK="${RBDF_LINE_OUTPUT}/stock/bin/kubelet"
 export E2E_FAKE_CRI="${e2e_bin}/fake-cri"
 export E2E_RBD_SHIM="${e2e_bin}/rbd-shim"

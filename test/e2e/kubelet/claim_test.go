@@ -30,7 +30,7 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
 )
 
-// TestFrozenBetweenMapAndRecord: node-a's kubelet maps the image for app-1
+// TestMapRecordFreeze: node-a's kubelet maps the image for app-1
 // and, before its holder record reaches Ceph, the whole node stops (a
 // paused VM: frozen, link down, nothing killed). Its watch expires. The
 // operator takes it for shut down and taints it out-of-service (upstream's
@@ -41,7 +41,7 @@ import (
 // lands, and its verify reads node-b's record (and watch), so it unmaps
 // and hands out nothing. Patched only: the record and the verify are the
 // fence's.
-func TestFrozenBetweenMapAndRecord(t *testing.T) {
+func TestMapRecordFreeze(t *testing.T) {
 	r := variant{build: patched}
 	ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 	defer cancel()
@@ -148,12 +148,12 @@ func TestFrozenBetweenMapAndRecord(t *testing.T) {
 	s.finish(expectUnmountedDouble)
 }
 
-// TestCopyOfAnImageInUse: node-a runs app-1 on its image and records
+// TestCopyInUse: node-a runs app-1 on its image and records
 // itself as the holder. An operator copies the image ("rbd cp": the copy
 // has the metadata, node-a's record included) and app-2 on node-b uses
 // the copy read-write. node-b fences nobody: the copied record names
 // another image; node-a keeps writing its own image.
-func TestCopyOfAnImageInUse(t *testing.T) {
+func TestCopyInUse(t *testing.T) {
 	r := variant{build: patched}
 	ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 	defer cancel()

@@ -276,6 +276,12 @@ func checkKubeletVersion(ctx context.Context, t *testing.T, name, build string) 
 	if got != want || strings.Contains(got, "+rbdfailover.") != (build == patched) {
 		t.Fatalf("node %s reports kubelet %q; the %s build is %q", name, got, build, want)
 	}
+	// A patched build left over from an older series would pass the check
+	// above: it must be of the series' revision.
+	if rev := os.Getenv("E2E_RBDF_REVISION"); build == patched &&
+		(rev == "" || !strings.HasSuffix(strings.TrimSuffix(got, ".dirty"), "+rbdfailover."+rev)) {
+		t.Fatalf("node %s reports kubelet %q; the series is at revision %q (E2E_RBDF_REVISION)", name, got, rev)
+	}
 }
 
 // readBack maps image read-only on the host, outside every node, through

@@ -29,7 +29,7 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 )
 
-// TestKilledBetweenMapAndRecord (patched): node-a's kubelet is killed, with
+// TestMapRecordKill (patched): node-a's kubelet is killed, with
 // the call it has under way (as a service manager stops its cgroup), after
 // its map and before its holder record. While another client watches the
 // image, the restarted kubelet finds the mapping its predecessor made and
@@ -37,7 +37,7 @@ import (
 // is mounted, and its record goes with the mapping. Once that client has
 // gone, it maps again (blocklisting nobody), and the device is used only
 // after a record and a verify that both exited 0.
-func TestKilledBetweenMapAndRecord(t *testing.T) {
+func TestMapRecordKill(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), failoverTimeout()+5*time.Minute)
 	defer cancel()
 	s := newScenario(ctx, t, "map-record-kill", variant{build: patched})

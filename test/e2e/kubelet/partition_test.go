@@ -53,14 +53,14 @@ func eachVariant(t *testing.T, name string, variants []variant, run func(s *scen
 	drawTimelines(t, name, runs...)
 }
 
-// TestPartitionFromTheAPIServer: node-a loses the API server but keeps
+// TestAPIPartition: node-a loses the API server but keeps
 // Ceph (split brain). It goes NotReady and its pod is evicted; the
 // replacement goes to node-b. Patched: the controller fails over, but
 // node-b's gate sees node-a's live watch and refuses, naming node-a's
 // client. Stock: Multi-Attach. Once the partition heals node-a's kubelet
 // lets go of the pod (unmount, unmap) and both builds run the replacement
 // with every record node-a synced.
-func TestPartitionFromTheAPIServer(t *testing.T) {
+func TestAPIPartition(t *testing.T) {
 	eachBuild(t, "api-partition", func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		podA := s.createPod(nodeA, evictionToleration())
@@ -116,12 +116,12 @@ func TestPartitionFromTheAPIServer(t *testing.T) {
 	})
 }
 
-// TestPartitionFromCeph: node-a loses Ceph but keeps the API server, so its
+// TestCephPartition: node-a loses Ceph but keeps the API server, so its
 // watch expires while it still runs the pod (Ready, not evicted). A second
 // pod for the claim goes to node-b (a rolling update). Both builds keep
 // upstream's Multi-Attach error: node-a is Ready. Patched must not fail
 // over from a live node even though no watcher is left to stop a map.
-func TestPartitionFromCeph(t *testing.T) {
+func TestCephPartition(t *testing.T) {
 	eachBuild(t, "ceph-partition", func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		podA := s.createPod(nodeA)
@@ -160,10 +160,10 @@ func TestPartitionFromCeph(t *testing.T) {
 	})
 }
 
-// TestSecondPodWhileBothNodesAreReady: every node Ready, a second pod for
+// TestHealthyRace: every node Ready, a second pod for
 // the claim on node-b (a rolling update). Both builds: upstream's
 // Multi-Attach error, nothing attached or mapped on node-b (invariant 3).
-func TestSecondPodWhileBothNodesAreReady(t *testing.T) {
+func TestHealthyRace(t *testing.T) {
 	eachBuild(t, "healthy-race", func(s *scenario) {
 		t, ctx := s.t, s.ctx
 		podA := s.createPod(s.nodeA)
@@ -251,7 +251,7 @@ func TestShortNotReady(t *testing.T) {
 	})
 }
 
-// TestCutOffFromBoth: node-a keeps running, its application writing, but
+// TestCutOff: node-a keeps running, its application writing, but
 // loses the API server and Ceph at once (its switch fails): neither frozen
 // nor killed. Its watch expires, it goes NotReady, its pod is evicted; the
 // replacement goes to node-b.
@@ -266,7 +266,7 @@ func TestShortNotReady(t *testing.T) {
 //   - stock with the PV ReadWriteMany (the unfenced control): node-b runs
 //     the pod while node-a is cut off; node-a's write across the reconnect
 //     lands on the image under node-b's filesystem.
-func TestCutOffFromBoth(t *testing.T) {
+func TestCutOff(t *testing.T) {
 	variants := []variant{{build: stock}, {build: stock, mode: v1.ReadWriteMany}, {build: patched}}
 	eachVariant(t, "cut-off", variants, func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB

@@ -45,7 +45,7 @@ func tolerateForever(p *v1.Pod) {
 // write must land, and a hang past it fails the scenario.
 const liveWriteBound = 2 * time.Minute
 
-// TestTwoVolumesOnOneNode: node-a runs app-1 with volume X (evicted when
+// TestTwoVolumes: node-a runs app-1 with volume X (evicted when
 // node-a is unreachable) and app-2 with volume Y (it tolerates an
 // unreachable node for good, so it stays on node-a). node-a, running, is
 // cut off from the API server and Ceph, its Ceph clients alive; X fails
@@ -54,13 +54,13 @@ const liveWriteBound = 2 * time.Minute
 // (krbd's noshare), so the fence takes X's mapping alone: once node-a is
 // reconnected, Y's client is not blocklisted, watches Y again, and
 // node-a's write to Y lands on the image. Patched only: stock never fails
-// X over while node-a holds it (TestCutOffFromBoth).
+// X over while node-a holds it (TestCutOff).
 //
 // The shim gives every mapping a client of its own whatever its options
 // (rbd-fuse cannot share one client among mappings, docs/testing.md), so
 // what this pins is the fence's aim: it names X's client only, and Y's is
 // another.
-func TestTwoVolumesOnOneNode(t *testing.T) {
+func TestTwoVolumes(t *testing.T) {
 	eachVariant(t, "two-volumes", []variant{{build: patched}}, func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		claimY := createVolume(ctx, t, s.claim+"-y", v1.ReadWriteOnce)

@@ -91,7 +91,7 @@ func (n *node) attach(vol rbdplugin.Volume) error {
 // fence (stock), node-a's write lands on node-b's data. The patched plugin
 // records a mapping only once it has found the device and read its client
 // (fence v2), and this suite has no devices: the patched row is the kubelet
-// suite's TestPowerOff/patched and TestCutOffFromBoth/patched, on real
+// suite's TestPowerOff/patched and TestCutOff/patched, on real
 // kubelets with devices.
 func TestFrozenHolder(t *testing.T) {
 	build := pluginBuild()

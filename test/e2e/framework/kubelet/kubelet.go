@@ -28,6 +28,7 @@ limitations under the License.
 package kubelet
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -444,18 +445,47 @@ func (n *Node) WakeUp() error {
 }
 
 // InClientNS runs argv in the mount namespace of the node's Ceph client pid
-// (still there after the kubelet is gone).
+// (still there after the kubelet is gone). At ctx's deadline its whole
+// process group is killed: a dd must not outlive the shell that ran it.
 func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
 	args := append([]string{"-t", strconv.Itoa(pid), "-m", "--"}, argv...)
-	cmd := exec.CommandContext(ctx, "nsenter", args...)
-	// Its own process group, killed whole at the deadline: a dd must not
-	// outlive the shell that ran it.
+	cmd := exec.Command("nsenter", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	// A child stuck in the kernel (I/O to a fenced client) may keep the
 	// output open after the command is killed.
 	cmd.WaitDelay = 5 * time.Second
-	return cmd.CombinedOutput()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	// Only the Wait below reaps the leader, so until then its pid (and its
+	// group's id) cannot be another process's: the kill never hits a
+	// stranger, as a kill from os/exec's Cancel racing Wait could.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !zombie(cmd.Process.Pid) {
+		select {
+		case <-ctx.Done():
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			err := cmd.Wait()
+			return out.Bytes(), fmt.Errorf("%w (%v)", ctx.Err(), err)
+		case <-tick.C:
+		}
+	}
+	err := cmd.Wait()
+	return out.Bytes(), err
+}
+
+// zombie reports whether the child pid has exited and is not reaped yet
+// (or is gone: nothing left to wait for).
+func zombie(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
 }
 
 // Mapping is one of the node's mappings: the Ceph client behind a device.
