@@ -78,8 +78,11 @@ expect "verify-patches fails on a patch that no longer applies, naming it" fail 
   "patch ${first_patch} does not apply" hack/verify-patches.sh
 
 fresh_copy
-# Edit an added line of code: it still applies, but is not what git exports.
-sed -i '0,/^+[^+].*[a-z]/s//&_edited/' "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
+# Edit an added line of code in a file the patch adds (no later patch has
+# it as context): it still applies, but is not what git exports.
+awk '!done && /^new file mode/ { infile = 1 } infile && !done && /^\+[^+].*[a-z]/ { $0 = $0 "_edited"; done = 1 } { print }' \
+  "${RBDF_ROOT}/patches/${RBDF_LINE}/${first_patch}" > "${scratch}/p"
+cp "${scratch}/p" "${scratch}/repo/patches/${RBDF_LINE}/${first_patch}"
 expect "verify-patches fails on a hand-edited patch" fail \
   "differs from a fresh export" hack/verify-patches.sh
 
@@ -259,8 +262,9 @@ fresh_copy clone
 # A later patch that changes a line the first patch added: the series still
 # applies and exports, but the first patch is no longer final.
 tree="${scratch}/repo/_output/kubernetes"
-first_commit="$(rbdf::tree::git "${tree}" rev-list --reverse "${RBDF_KUBE_VERSION}..HEAD" | head -n1)"
-added_file="$(rbdf::tree::git "${tree}" show --diff-filter=A --name-only --format= "${first_commit}" | grep '\.go$' | head -n1)"
+# (awk reads to the end: a reader that stops early would SIGPIPE git.)
+first_commit="$(rbdf::tree::git "${tree}" rev-list --reverse "${RBDF_KUBE_VERSION}..HEAD" | awk 'NR == 1')"
+added_file="$(rbdf::tree::git "${tree}" show --diff-filter=A --name-only --format= "${first_commit}" | awk '/\.go$/ && !f { print; f = 1 }')"
 sed -i '0,/^func /s/^func .*$/& \/\/ planted/' "${tree}/${added_file}"
 rbdf::tree::git "${tree}" commit --quiet -am "UPSTREAM: <carry>: rbd: planted rewrite"
 (cd "${scratch}/repo" && hack/update-patches.sh >/dev/null 2>&1)
