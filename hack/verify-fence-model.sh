@@ -24,7 +24,8 @@ for diff in "${RBDF_ROOT}"/test/fence-model/*.diff; do
   mutated="${tmp}/${name}.go"
   # Exactly where it says: a hunk that only applies elsewhere (an offset)
   # may no longer put back the hole it names.
-  if ! applied="$(patch --fuzz=0 -o "${mutated}" "${target}" < "${diff}" 2>&1)" || grep -q 'offset' <<<"${applied}"; then
+  if ! applied="$(patch --forward --fuzz=0 -o "${mutated}" "${target}" < "${diff}" 2>&1)" ||
+    grep -q '(offset [0-9-]' <<<"${applied}"; then
     rbdf::log::error "${name}: the diff no longer applies exactly to ${target}; refresh it (${applied//$'\n'/ })"
     failed=1
     continue

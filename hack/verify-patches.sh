@@ -29,8 +29,10 @@ for line in ${LINES:-$(rbdf::lines::list)}; do
     rbdf::util::tmpdir_rm "${tmp}"
     continue
   fi
-  rewrites="$(rbdf::tree::rewrites "${tmp}/kubernetes" "${RBDF_KUBE_VERSION}")"
-  if [[ -n "${rewrites}" ]]; then
+  if ! rewrites="$(rbdf::tree::rewrites "${tmp}/kubernetes" "${RBDF_KUBE_VERSION}")"; then
+    rbdf::log::error "${line}: could not check the series for rewritten lines (git failed; see above)"
+    failed=1
+  elif [[ -n "${rewrites}" ]]; then
     rbdf::log::error "${line}: a patch rewrites lines an earlier patch of the series added (each patch must be" \
       "final for its concern: make the change in the patch that added the line):"$'\n'"${rewrites}"
     failed=1

@@ -105,25 +105,37 @@ rbdf::tree::series_files() {
 
 # rbdf::tree::rewrites TREE TAG prints each line that a commit above TAG
 # removes (or changes) although an earlier commit above TAG added it, as
-# "<subject>: <file>:<line>: <text>". A carried series is rebased as a
-# unit, so each patch should be final for its concern: a later patch that
-# rewrites an earlier one's line makes both harder to carry and to review.
+# "<subject>: <file>:<line>: <text>", and fails if git does. A carried
+# series is rebased as a unit, so each patch should be final for its
+# concern: a later patch that rewrites an earlier one's line makes both
+# harder to carry and to review. Renames count as removals (moving an
+# earlier patch's file rewrites it).
 rbdf::tree::rewrites() {
-  local tree="$1" tag="$2" commit file start sha
+  local tree="$1" tag="$2" commits commit subject names file ranges start count blame sha lineno text
+  commits="$(rbdf::tree::git "${tree}" rev-list --reverse "${tag}..HEAD")" || return 1
   local -A series=()
-  while read -r commit; do series[${commit}]=1; done < <(rbdf::tree::git "${tree}" rev-list "${tag}..HEAD")
-  while read -r commit; do
-    # Each removed line, on the parent's side: "file line".
-    while read -r file start; do
-      while read -r sha; do
-        [[ -n "${series[${sha}]:-}" ]] || continue
-        printf '%s: %s:%s: %s\n' "$(rbdf::tree::git "${tree}" log -1 --format=%s "${commit}")" "${file}" "${start}" \
-          "$(rbdf::tree::git "${tree}" show "${commit}^:${file}" | sed -n "${start}p")"
-      done < <(rbdf::tree::git "${tree}" blame --porcelain -L "${start},+1" "${commit}^" -- "${file}" | awk 'NR == 1 { print $1 }')
-    done < <(rbdf::tree::git "${tree}" diff -U0 --no-renames "${commit}^" "${commit}" |
-      awk '/^--- a\// { file = substr($0, 7) } /^--- \/dev\/null/ { file = "" }
-           file != "" && /^@@ / { split(substr($2, 2), r, ","); n = (r[2] == "" ? 1 : r[2]); for (i = 0; i < n; i++) print file, r[1] + i }')
-  done < <(rbdf::tree::git "${tree}" rev-list --reverse "${tag}..HEAD")
+  for commit in ${commits}; do series[${commit}]=1; done
+  for commit in ${commits}; do
+    subject="$(rbdf::tree::git "${tree}" log -1 --format=%s "${commit}")" || return 1
+    # Files the commit changes or deletes (-z: no quoting of odd names).
+    names="$(rbdf::tree::git "${tree}" diff --no-renames --name-only -z --diff-filter=MD "${commit}^" "${commit}" | tr '\0' '\n')" || return 1
+    while IFS= read -r file; do
+      [[ -n "${file}" ]] || continue
+      # Each hunk's removed range on the parent's side: "start count".
+      ranges="$(rbdf::tree::git "${tree}" diff --no-renames -U0 "${commit}^" "${commit}" -- "${file}" |
+        awk '/^@@ / { split(substr($2, 2), r, ","); n = (r[2] == "" ? 1 : r[2]); if (n > 0) print r[1], n }')" || return 1
+      while read -r start count; do
+        [[ -n "${start}" ]] || continue
+        blame="$(rbdf::tree::git "${tree}" blame --porcelain -L "${start},+${count}" "${commit}^" -- "${file}" |
+          awk '/^[0-9a-f]+ [0-9]+ [0-9]+/ && length($1) == 40 { sha = $1; ln = $3; next }
+               /^\t/ { print sha "\t" ln "\t" substr($0, 2) }')" || return 1
+        while IFS=$'\t' read -r sha lineno text; do
+          [[ -n "${sha}" && -n "${series[${sha}]:-}" ]] || continue
+          printf '%s: %s:%s: %s\n' "${subject}" "${file}" "${lineno}" "${text}"
+        done <<<"${blame}"
+      done <<<"${ranges}"
+    done <<<"${names}"
+  done
 }
 
 # rbdf::tree::export TREE DIR writes the commits above the upstream tag of TREE

@@ -91,6 +91,11 @@ func run(m *testing.M) int {
 			return 2
 		}
 	}
+	if v := kubeletVersion("E2E_KUBELET_PATCHED"); !ofRevision(v) {
+		fmt.Fprintf(os.Stderr, "the patched kubelet is %q, not of the series' revision %q (E2E_RBDF_REVISION): rebuild it (make)\n",
+			v, os.Getenv("E2E_RBDF_REVISION"))
+		return 2
+	}
 	hub := netns.Joined()
 	if hub == nil {
 		// Every earlier run's nodes (each run has a directory of its own):
@@ -205,6 +210,14 @@ func setUp(m *testing.M) int {
 	report("- osd_client_watch_timeout %v; node-monitor-grace-period %v; the pods' unreachable toleration %v\n", watchTimeout,
 		controlplane.NodeMonitorGracePeriod, evictionDelay())
 	return m.Run()
+}
+
+// ofRevision reports whether a patched build's version is of the series'
+// revision (E2E_RBDF_REVISION, from hack/test-e2e.sh): a build left from
+// an older series is not.
+func ofRevision(version string) bool {
+	rev := os.Getenv("E2E_RBDF_REVISION")
+	return rev != "" && strings.HasSuffix(strings.TrimSuffix(version, ".dirty"), "+rbdfailover."+rev)
 }
 
 // kubeletVersion is what the kubelet binary named by the variable says it is.

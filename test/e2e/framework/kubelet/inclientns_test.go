@@ -45,11 +45,15 @@ func TestInClientNSKillsTheGroupAtTheDeadline(t *testing.T) {
 	if readErr != nil {
 		t.Fatal(readErr)
 	}
-	child, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	for i := 0; i < 100 && syscall.Kill(child, 0) == nil && !zombie(child); i++ {
+	child, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || child <= 0 {
+		t.Fatalf("the shell's child pid %q: %v", data, err)
+	}
+	// Not our child: once killed, init reaps it and its /proc entry goes.
+	for i := 0; i < 100 && syscall.Kill(child, 0) == nil && !exited(child); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if syscall.Kill(child, 0) == nil && !zombie(child) {
+	if syscall.Kill(child, 0) == nil && !exited(child) {
 		t.Errorf("the shell's child %d outlived the deadline", child)
 	}
 }
@@ -67,5 +71,32 @@ func TestInClientNSReturnsTheCommandsResult(t *testing.T) {
 	var exitErr interface{ ExitCode() int }
 	if !errors.As(err, &exitErr) || exitErr.ExitCode() != 3 {
 		t.Errorf("error = %v, want exit status 3", err)
+	}
+}
+
+// TestInClientNSKillsWhatTheCommandLeft: a member of the group that the
+// command left running when it exited is killed too.
+func TestInClientNSKillsWhatTheCommandLeft(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("nsenter needs root")
+	}
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	out, err := InClientNS(context.Background(), os.Getpid(), "sh", "-c", `sleep 300 >/dev/null 2>&1 & echo $! > "$1"`, "sh", pidFile)
+	if err != nil {
+		t.Fatalf("InClientNS: %v (%s)", err, out)
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || child <= 0 {
+		t.Fatalf("the shell's child pid %q: %v", data, err)
+	}
+	for i := 0; i < 100 && syscall.Kill(child, 0) == nil && !exited(child); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if syscall.Kill(child, 0) == nil && !exited(child) {
+		t.Errorf("the shell's child %d outlived the command", child)
 	}
 }

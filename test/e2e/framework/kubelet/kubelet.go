@@ -31,7 +31,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -445,9 +447,13 @@ func (n *Node) WakeUp() error {
 }
 
 // InClientNS runs argv in the mount namespace of the node's Ceph client pid
-// (still there after the kubelet is gone). At ctx's deadline its whole
-// process group is killed: a dd must not outlive the shell that ran it.
+// (still there after the kubelet is gone). Its whole process group is
+// killed at ctx's deadline, and what is left of the group once the command
+// has exited: a dd must not outlive the shell that ran it.
 func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	args := append([]string{"-t", strconv.Itoa(pid), "-m", "--"}, argv...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -460,32 +466,39 @@ func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
 		return nil, err
 	}
 	// Only the Wait below reaps the leader, so until then its pid (and its
-	// group's id) cannot be another process's: the kill never hits a
+	// group's id) cannot be another process's: the kills never hit a
 	// stranger, as a kill from os/exec's Cancel racing Wait could.
+	leader := cmd.Process.Pid
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for !zombie(cmd.Process.Pid) {
+	var deadline error
+	for deadline == nil && !exited(leader) {
 		select {
 		case <-ctx.Done():
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			err := cmd.Wait()
-			return out.Bytes(), fmt.Errorf("%w (%v)", ctx.Err(), err)
+			if !exited(leader) {
+				deadline = ctx.Err()
+			}
 		case <-tick.C:
 		}
 	}
+	_ = syscall.Kill(-leader, syscall.SIGKILL)
 	err := cmd.Wait()
+	if deadline != nil {
+		return out.Bytes(), errors.Join(deadline, err)
+	}
 	return out.Bytes(), err
 }
 
-// zombie reports whether the child pid has exited and is not reaped yet
-// (or is gone: nothing left to wait for).
-func zombie(pid int) bool {
+// exited reports whether the child pid has exited. It is not reaped yet
+// (only InClientNS's Wait reaps it), so its /proc entry is there: a zombie
+// once it exited. A read that fails otherwise says nothing: not exited.
+func exited(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return true
+		return errors.Is(err, fs.ErrNotExist)
 	}
 	i := bytes.LastIndexByte(stat, ')')
-	return i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z'
+	return i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z'
 }
 
 // Mapping is one of the node's mappings: the Ceph client behind a device.
