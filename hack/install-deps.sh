@@ -13,10 +13,11 @@ readonly PACKAGES=(
   ceph-mon ceph-osd ceph-common python3-rbd
   # test/e2e/node: the plugin's rbd-nbd fallback runs the real rbd-nbd
   rbd-nbd
-  # test/e2e/kubelet: a node's mapping is rbd-fuse under a loop device
-  # (losetup is in Debian's mount package); the harness asks the kubelet's
-  # health endpoint with curl
-  rbd-fuse curl mount
+  # test/e2e/kubelet: a node's mapping is a loop device over a file that
+  # the node's krbd client serves (python3-rbd behind python3-llfuse; the
+  # harness reads images back with rbd-fuse); losetup is in Debian's mount
+  # package; the harness asks the kubelet's health endpoint with curl
+  python3-llfuse rbd-fuse curl mount
   # test/e2e/kubelet: a network namespace per node (ip netns, veth, rules)
   iproute2
   # test/e2e/node: a dirty ext4 on a read-only loop device

@@ -62,7 +62,7 @@ rbdf::build::binaries "${RBDF_STOCK_TREE}" "${RBDF_KUBE_VERSION}" "${RBDF_LINE_O
 e2e_bin="${RBDF_OUTPUT}/e2e/bin"
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/etcd" ./test/e2e/cmd/etcd
 # The real kubelet's nodes: upstream's fake container runtime, and an "rbd"
-# that gives "rbd map" a real block device (rbd-fuse and a loop device).
+# that gives "rbd map" a real block device (a krbd client of the node and a loop device).
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/fake-cri" ./test/e2e/cmd/fake-cri
 rbdf::golang::go "${RBDF_TREE}" "patched-${RBDF_LINE}" build -o "${e2e_bin}/rbd-shim" ./test/e2e/cmd/rbd-shim
 export E2E_ETCD="${e2e_bin}/etcd"

@@ -396,7 +396,7 @@ func TestPodGetsARealFilesystemOnTheImage(t *testing.T) {
 	if got := strings.TrimSpace(readBack(ctx, t, "realfs", "records")); got != record {
 		t.Errorf("the image holds %q, want node-a's record %q", got, record)
 	}
-	report("- real kubelet (%s), one pod, RWO RBD volume: Running %v after the pod was created; ext4 on %s (rbd-fuse + loop); the record written through the pod's mount read back from the image after the pod was deleted; unmounted, unmapped and the holder record removed %v after the delete\n",
+	report("- real kubelet (%s), one pod, RWO RBD volume: Running %v after the pod was created; ext4 on %s (krbd client + loop); the record written through the pod's mount read back from the image after the pod was deleted; unmounted, unmapped and the holder record removed %v after the delete\n",
 		nodeA.Name, running.Sub(start).Round(100*time.Millisecond), device, unmapped.Sub(running).Round(100*time.Millisecond))
 }
 

@@ -279,7 +279,7 @@ func (s *scenario) writeMarkerOn(n *kubelet.Node, vol, image string) int64 {
 
 // staleWriteBound is how long node-a's write after it comes back may
 // take: a fenced client's write fails with an I/O error (krbd fails it
-// at once; rbd-fuse once its request to the OSD is refused); a write that
+// at once; the shim's krbd client once its request to the OSD is refused); a write that
 // hangs past the bound fails the scenario.
 const staleWriteBound = 30 * time.Second
 

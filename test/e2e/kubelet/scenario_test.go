@@ -71,8 +71,9 @@ var scenarios = map[string]string{
 		"watches the image; started again; the other client closes the image",
 	"copy-in-use":    "node-a runs a pod on its image; the image is copied (rbd cp, records included); a pod on node-b uses the copy",
 	"short-notready": "node-a NotReady for a while (API cut off), its pod not evicted; a second pod for the claim on node-b; node-a back",
-	"two-volumes": "node-a runs two pods with a volume each, one of them never evicted; node-a cut off from the API server and Ceph; " +
-		"the other's replacement on node-b; node-a reconnected writes to the volume it kept",
+	"two-volumes": "node-a runs two pods with a volume each, one of them never evicted; patched: node-a cut off from the API server " +
+		"and Ceph, the other's replacement on node-b, node-a reconnected writes to the volume it kept; stock: the client of the " +
+		"first volume blocklisted by hand, node-a writes to the second",
 }
 
 // useControllerManager makes the running kube-controller-manager build's.
@@ -404,9 +405,9 @@ func (s *scenario) finish(want expectation) {
 		}
 		for _, c := range calls {
 			s.tl.Add(c.At, s.lane(n), "%s", c.What)
-			// The shim lets go of rbd-fuse only for a fenced client (where
-			// krbd fails the I/O): anywhere else it would hide a hang.
-			if strings.HasPrefix(c.What, "shim aborted rbd-fuse") {
+			// The shim lets go of a krbd client only when it is fenced
+			// (where krbd fails the I/O): anywhere else it would hide a hang.
+			if strings.HasPrefix(c.What, "shim aborted the krbd client") {
 				f := strings.Fields(c.What)
 				if fenced, err := env.cluster.Blocklisted(s.ctx, f[len(f)-1]); err != nil || !fenced {
 					s.t.Errorf("%s: the shim aborted the FUSE connection of a client that is not blocklisted (%v): %s",

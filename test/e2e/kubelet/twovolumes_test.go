@@ -47,21 +47,23 @@ const liveWriteBound = 2 * time.Minute
 
 // TestTwoVolumes: node-a runs app-1 with volume X (evicted when
 // node-a is unreachable) and app-2 with volume Y (it tolerates an
-// unreachable node for good, so it stays on node-a). node-a, running, is
-// cut off from the API server and Ceph, its Ceph clients alive; X fails
-// over to node-b, whose kubelet fences X's client before it maps. The
-// patched kubelet maps each read-write image as a Ceph client of its own
-// (krbd's noshare), so the fence takes X's mapping alone: once node-a is
-// reconnected, Y's client is not blocklisted, watches Y again, and
-// node-a's write to Y lands on the image. Patched only: stock never fails
-// X over while node-a holds it (TestCutOff).
+// unreachable node for good, so it stays on node-a).
 //
-// The shim gives every mapping a client of its own whatever its options
-// (rbd-fuse cannot share one client among mappings, docs/testing.md), so
-// what this pins is the fence's aim: it names X's client only, and Y's is
-// another.
+// Patched: node-a, running, is cut off from the API server and Ceph, its
+// Ceph clients alive; X fails over to node-b, whose kubelet fences X's
+// client before it maps. The patched kubelet maps each read-write image as
+// a Ceph client of its own (krbd's noshare), so the fence takes X's
+// mapping alone: once node-a is reconnected, Y's client is not
+// blocklisted, watches Y again, and node-a's write to Y lands on the
+// image.
+//
+// Stock (the control): the stock kubelet maps without noshare, so krbd
+// (and the shim, which models its client sharing) maps X and Y through one
+// Ceph client. A fence aimed at X, made by hand here since stock never
+// fences, takes Y with it: node-a's write to Y fails. This is what noshare
+// is for, shown on the model the patched rows run on.
 func TestTwoVolumes(t *testing.T) {
-	eachVariant(t, "two-volumes", []variant{{build: patched}}, func(s *scenario) {
+	eachVariant(t, "two-volumes", []variant{{build: stock}, {build: patched}}, func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		claimY := createVolume(ctx, t, s.claim+"-y", v1.ReadWriteOnce)
 		podX := s.createPod(nodeA, evictionToleration())
@@ -87,6 +89,10 @@ func TestTwoVolumes(t *testing.T) {
 		}
 		if len(mappings) != 2 || mapX.Client == 0 || mapY.Client == 0 {
 			t.Fatalf("node-a's mappings %v: want one of %s and one of %s", mappings, s.claim, claimY)
+		}
+		if s.build == stock {
+			s.sharedClientFence(mapX, mapY, claimY, volY, markerY)
+			return
 		}
 		if mapX.Address == mapY.Address {
 			t.Fatalf("node-a maps %s and %s through one client (%s): a fence of one would take both", s.claim, claimY, mapX.Address)
@@ -181,4 +187,49 @@ func TestTwoVolumes(t *testing.T) {
 			"node-a kept the second volume, its client not blocklisted, and its write there landed", running.Sub(cut).Round(100*time.Millisecond))
 		s.finish(expectNoDouble)
 	})
+}
+
+// sharedClientFence is the stock run of TestTwoVolumes: X and Y mapped
+// through one client, a fence aimed at X takes Y too.
+func (s *scenario) sharedClientFence(mapX, mapY kubelet.Mapping, claimY, volY string, markerY int64) {
+	t, ctx, nodeA := s.t, s.ctx, s.nodeA
+	if mapX.Address != mapY.Address || mapX.Client != mapY.Client {
+		t.Fatalf("the stock kubelet (no noshare) maps %s through client %s and %s through %s: want one shared client, as krbd's",
+			s.claim, mapX.Address, claimY, mapY.Address)
+	}
+	for _, image := range []string{s.claim, claimY} {
+		w, err := env.cluster.Watchers(ctx, image)
+		if err != nil || len(w) != 1 || w[0].Address != mapX.Address {
+			t.Fatalf("watchers of %s: %v (%v); want node-a's shared client %s alone", image, w, err, mapX.Address)
+		}
+	}
+	clients := nodeA.FusePids()
+	if len(clients) != 1 {
+		t.Fatalf("node-a's Ceph client processes: %v, want one", clients)
+	}
+	start := time.Now()
+	s.tl.SetStart(start)
+	s.tl.Mark(laneCeph, "client %s (of %s and %s) blocklisted by hand, aimed at %s", mapX.Address, s.claim, claimY, s.claim)
+	if err := env.cluster.Blocklist(ctx, mapX.Address); err != nil {
+		t.Fatal(err)
+	}
+	w := s.overwriteMarker(clients[0], volY, 'Y', liveWriteBound)
+	s.tl.Mark(laneA, "write to the second volume: %s", w)
+	switch {
+	case w.hung:
+		t.Errorf("node-a's write to %s hung past %v: a blocklisted client's write must fail", claimY, liveWriteBound)
+	case w.err == nil:
+		t.Errorf("node-a's write to %s was acknowledged though the client it goes through is blocklisted", claimY)
+	case !strings.Contains(string(w.out), "Input/output error"):
+		t.Errorf("node-a's write to %s failed, but not with an I/O error: %s", claimY, w)
+	}
+	landed := string(imageBytes(ctx, t, claimY, markerY, 4096)) == strings.Repeat("Y", 4096)
+	if landed {
+		t.Errorf("node-a's write to %s is on the image though its client is blocklisted", claimY)
+	}
+	s.note("node-a's one client %s maps %s and %s (no noshare)", mapX.Address, s.claim, claimY)
+	s.note("node-a's write to the second volume after a fence aimed at the first: %s, on the image: %v", w, landed)
+	s.outcome = "one Ceph client for both volumes (the stock kubelet maps without noshare): a fence aimed at the first " +
+		"took the second, node-a's write to it failed"
+	s.finish(expectNoDouble)
 }

@@ -20,19 +20,23 @@ limitations under the License.
 //
 //   - map: runs the real "rbd map" with the same arguments first and requires
 //     it to fail at the kernel step, so the real CLI validates every argv;
-//     then serves the image through rbd-fuse (a librbd client: its watch is
-//     the mapping's watch, and blocklisting it fails the device's I/O), puts
-//     a loop device over it, and makes what the RBD plugin looks for: the
-//     sysfs entry /sys/bus/rbd/devices/N/{pool,name,client_id,client_addr,config_info}
+//     then opens the image in one of the node's krbd clients
+//     (krbd_client.py: one librados instance, so one client id and one
+//     address; a read-write open is its watch, and blocklisting it fails
+//     the I/O of every image mapped through it), which serves it as a file
+//     in its FUSE mount; puts a loop device over that file, and makes what
+//     the RBD plugin looks for: the sysfs entry
+//     /sys/bus/rbd/devices/N/{pool,name,client_id,client_addr,config_info}
 //     (on the node's own tmpfs at /sys/bus) and the block device /dev/rbdN
-//     (N is the loop device's number, unique on the machine). Each mapping
-//     is an rbd-fuse client of its own, with "-o noshare" or without: one
-//     rbd-fuse cannot stand in for krbd's shared client (it keeps an image
-//     watched after its file is closed, and statfs opens every image of
-//     the pool; docs/testing.md).
-//   - unmap (by device or by pool/image): reverses it. Where rbd-fuse does
-//     not let go of a fenced client's device, it aborts the client's FUSE
-//     connection after 10 s, as krbd fails a blocklisted client's I/O.
+//     (N is the loop device's number, unique on the machine). As krbd
+//     does, maps without "-o noshare" share the node's client for their
+//     user, monitors, secret and libceph options; a noshare map gets a
+//     client of its own.
+//   - unmap (by device or by pool/image): reverses it: the image is closed
+//     in its client (its watch goes), and the client stops with its last
+//     mapping. Where a fenced client does not let go of the device, the
+//     shim aborts the client's FUSE connection after 10 s, as krbd fails a
+//     blocklisted client's I/O.
 //
 // Called as "ceph" it passes everything to the real ceph; called as one of
 // the tools that open a block device (mount, umount, fsck, mkfs.ext4,
@@ -61,7 +65,6 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
-	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
 const (
@@ -72,14 +75,20 @@ const (
 
 // mapping is what one map made.
 type mapping struct {
-	Pool    string `json:"pool"`
-	Image   string `json:"image"`
-	Loop    string `json:"loop"`
-	Mount   string `json:"mount"`
-	FusePid int    `json:"fusePid"`
-	// FuseConn names the FUSE connection (/sys/fs/fuse/connections/N): a
-	// teardown aborts it before it kills rbd-fuse, or I/O of a fenced or
-	// frozen client would hang in the kernel for good.
+	Pool  string `json:"pool"`
+	Image string `json:"image"`
+	Loop  string `json:"loop"`
+	// Mount is the krbd client's FUSE mount, File the image's file in it.
+	Mount string `json:"mount"`
+	File  string `json:"file"`
+	// ClientDir is the krbd client's directory (krbdClient.Dir).
+	ClientDir string `json:"clientDir"`
+	// FusePid is the krbd client's process.
+	FusePid int `json:"fusePid"`
+	// FuseConn names the client's FUSE connection
+	// (/sys/fs/fuse/connections/N): a teardown aborts it before it kills
+	// the client, or I/O of a fenced or frozen client would hang in the
+	// kernel for good.
 	FuseConn uint32 `json:"fuseConn"`
 	Client   uint64 `json:"client"`
 	// Address is the client's, as a blocklist names it.
@@ -366,7 +375,7 @@ func mapImage(state string, args []string) (string, error) {
 	cred := []string{"--id", m.id, "-m", m.mon}
 	if m.key != "" && m.keyfile == "" {
 		// The shim's own calls keep the key off their argv: a file that
-		// lives until rbd-fuse has read it.
+		// lives until the krbd client has read it.
 		f, err := os.CreateTemp(state, "key-")
 		if err != nil {
 			return "", err
@@ -386,64 +395,57 @@ func mapImage(state string, args []string) (string, error) {
 	} else if m.keyring != "" {
 		cred = append(cred, "-k", m.keyring)
 	}
-	before, err := watchers(m, cred)
+	if strings.ContainsAny(m.pool+m.image, " \t\n") {
+		return "", fmt.Errorf("rbd-shim: cannot map %q/%q: a name with white space", m.pool, m.image)
+	}
+	secret, err := credentialSecret(m)
 	if err != nil {
 		return "", err
 	}
-	mnt, err := os.MkdirTemp(state, "fuse-")
+	key := clientKey(m, secret)
+	if key == "" {
+		key = fmt.Sprintf("%s%d-%d", noshare, os.Getpid(), time.Now().UnixNano())
+	}
+	lock, err := lockClient(state, key)
 	if err != nil {
 		return "", err
 	}
-	logFile, err := os.OpenFile(filepath.Join(state, "rbd-fuse.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
+	defer lock.Close()
+	dir := filepath.Join(state, "clients", key)
+	c, running, err := readClient(state, dir)
+	switch {
+	case err != nil:
 		return "", err
+	case running:
+		sweepPending(state, c)
+	default:
+		if c, err = startClient(state, dir, m, m.keyfile); err != nil {
+			return "", err
+		}
 	}
-	defer logFile.Close()
-	fuseArgs := append([]string{"-p", m.pool, "-r", m.image}, cred...)
-	// No client-side write cache: like krbd, a write is acknowledged once
-	// the OSDs have it, and a blocklisted client's write fails.
-	// A 1 s objecter tick, as the cluster's own clients have: a healthy
-	// watch is renewed well inside the lowered watch timeout on a loaded
-	// machine, so a lapse means the node is cut off or frozen.
-	fuseArgs = append(fuseArgs, "--rbd_cache=false", "--objecter_tick_interval=1", "-f", mnt)
-	fuse := exec.Command("rbd-fuse", fuseArgs...)
-	fuse.Stdout, fuse.Stderr = logFile, logFile
-	// Its own session: it outlives this call and the kubelet's deadline.
-	fuse.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := fuse.Start(); err != nil {
-		return "", fmt.Errorf("start rbd-fuse: %w", err)
-	}
-	go func() { _ = fuse.Wait() }()
-	// Recorded at once: if this call is killed (the kubelet's deadline),
-	// the next run still finds the client and its mount.
-	pending := filepath.Join(state, fmt.Sprintf("pending-%d.json", fuse.Process.Pid))
-	data, _ := json.Marshal(mapping{Pool: m.pool, Image: m.image, Mount: mnt, FusePid: fuse.Process.Pid})
-	if err := os.WriteFile(pending, data, 0o644); err != nil {
-		_ = fuse.Process.Kill()
+	file := fmt.Sprintf("%s.%s.%d", m.pool, m.image, time.Now().UnixNano())
+	// Recorded before the client opens the image: if this call is killed
+	// (the kubelet's deadline), the next map through the client, or the
+	// teardown, undoes what it made.
+	pending := filepath.Join(state, fmt.Sprintf("pending-%s-%s.json", key, file))
+	rec := mapping{Pool: m.pool, Image: m.image, Mount: c.mount(), FusePid: c.Pid, FuseConn: c.FuseConn, ClientDir: c.Dir, File: file}
+	if err := saveJSON(pending, rec); err != nil {
+		stopIfUnused(state, c)
 		return "", err
 	}
 	undo := func() {
-		_ = exec.Command("umount", "-l", mnt).Run()
-		_ = fuse.Process.Kill()
-		_ = os.Remove(mnt)
+		if rec.Loop != "" {
+			_ = exec.Command("losetup", "-d", rec.Loop).Run()
+		}
+		_, _ = c.request("unmap "+file, fuseBound)
 		_ = os.Remove(pending)
+		stopIfUnused(state, c)
 	}
-	file := filepath.Join(mnt, m.image)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(file); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			undo()
-			return "", fmt.Errorf("rbd-fuse did not serve %s within 30 s (log %s)", file, logFile.Name())
-		}
-		time.Sleep(100 * time.Millisecond)
+	mode := "rw"
+	if m.readOnly {
+		mode = "ro"
 	}
-	// Read from the mount table: a stat of the mount would be a FUSE
-	// request, which rbd-fuse does not always survive this early.
-	fuseConn, err := fuseConnection(mnt)
-	if err != nil {
+	if _, err := c.request(fmt.Sprintf("map %s %s %s %s", m.pool, m.image, mode, file), time.Minute); err != nil {
 		undo()
 		return "", err
 	}
@@ -451,26 +453,33 @@ func mapImage(state string, args []string) (string, error) {
 	if m.readOnly {
 		losetup = append(losetup, "-r")
 	}
-	loopOut, err := exec.Command("losetup", append(losetup, file)...).CombinedOutput()
+	loopOut, err := exec.Command("losetup", append(losetup, filepath.Join(c.mount(), file))...).CombinedOutput()
 	if err != nil {
 		undo()
 		return "", fmt.Errorf("losetup: %v: %s (no free loop device?)", err, bytes.TrimSpace(loopOut))
 	}
 	loop := strings.TrimSpace(string(loopOut))
+	rec.Loop = loop
 	n, err := strconv.Atoi(strings.TrimPrefix(loop, "/dev/loop"))
+	if err == nil {
+		err = saveJSON(pending, rec)
+	} else {
+		err = fmt.Errorf("losetup gave %q", loop)
+	}
+	var client uint64
+	var address string
+	if err == nil {
+		client, address, err = c.clientID()
+	}
+	if err == nil && !m.readOnly {
+		err = watchedBy(m, cred, client, address)
+	}
 	if err != nil {
-		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
-		return "", fmt.Errorf("losetup gave %q", loop)
+		return "", err
 	}
-	client, address := newWatcher(m, cred, before)
-	if client == 0 {
-		_ = exec.Command("losetup", "-d", loop).Run()
-		undo()
-		return "", fmt.Errorf("rbd-fuse's watch on %s/%s did not show in rbd status", m.pool, m.image)
-	}
-	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: mnt, FusePid: fuse.Process.Pid, FuseConn: fuseConn,
-		Client: client, Address: address, ReadOnly: m.readOnly}
+	mp := mapping{Pool: m.pool, Image: m.image, Loop: loop, Mount: c.mount(), FusePid: c.Pid, FuseConn: c.FuseConn,
+		ClientDir: c.Dir, File: file, Client: client, Address: address, ReadOnly: m.readOnly}
 	dev := fmt.Sprintf("/dev/rbd%d", n)
 	// Logged before the device and its record appear: nothing sees a
 	// mapping the log does not hold, and one it cannot hold is not made.
@@ -487,12 +496,48 @@ func mapImage(state string, args []string) (string, error) {
 	if err != nil {
 		_ = os.RemoveAll(filepath.Join(sysfsRoot, strconv.Itoa(n)))
 		_ = os.Remove(dev)
-		_ = exec.Command("losetup", "-d", loop).Run()
 		undo()
 		return "", err
 	}
 	_ = os.Remove(pending)
 	return dev, nil
+}
+
+// sweepPending undoes what maps through client c that were killed before
+// they recorded their mapping left: their loop device and their file.
+// The caller holds the client's lock, so no live map has a record here.
+func sweepPending(state string, c *krbdClient) {
+	records, _ := filepath.Glob(filepath.Join(state, "pending-"+filepath.Base(c.Dir)+"-*.json"))
+	for _, pending := range records {
+		var mp mapping
+		if data, err := os.ReadFile(pending); err != nil || json.Unmarshal(data, &mp) != nil {
+			continue
+		}
+		if len(mappingsOf(state, c.Dir, mp.File)) == 0 {
+			// Killed before its device was published: nothing uses it.
+			if mp.Loop != "" {
+				_ = exec.Command("losetup", "-d", mp.Loop).Run()
+			}
+			if _, err := c.request("unmap "+mp.File, fuseBound); err != nil {
+				continue
+			}
+			logLine(state, fmt.Sprintf("shim undid a map killed before it was recorded (%s/%s)", mp.Pool, mp.Image))
+		}
+		_ = os.Remove(pending)
+	}
+}
+
+// saveJSON writes v to path whole or not at all.
+func saveJSON(path string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // watchers returns the addresses of the clients watching the image, by id.
@@ -518,29 +563,57 @@ func watchers(m mapArgs, cred []string) (map[uint64]string, error) {
 	return ids, nil
 }
 
-// newWatcher returns the client that started watching since before from
-// this node's address (RBD_SHIM_NODE_IP): the rbd-fuse client. Another
-// node's short opens of the image (its fence's rbd image-meta calls) are
-// not it; with more than one candidate it waits, and rather than guess it
-// gives up (0).
-func newWatcher(m mapArgs, cred []string, before map[uint64]string) (uint64, string) {
-	nodeIP := os.Getenv("RBD_SHIM_NODE_IP")
+// watchedBy waits until client, at address, watches the image (its
+// read-write open registered the watch) and fails if it does not.
+func watchedBy(m mapArgs, cred []string, client uint64, address string) error {
+	var last map[uint64]string
 	for i := 0; i < 50; i++ {
 		now, err := watchers(m, cred)
-		if err == nil {
-			var ids []uint64
-			for id, addr := range now {
-				if _, old := before[id]; !old && (nodeIP == "" || strings.HasPrefix(addr, nodeIP+":")) {
-					ids = append(ids, id)
-				}
+		if err == nil && now[client] != "" {
+			if now[client] != address {
+				return fmt.Errorf("rbd status shows client %d at %s, the krbd client says %s", client, now[client], address)
 			}
-			if len(ids) == 1 {
-				return ids[0], now[ids[0]]
-			}
+			return nil
 		}
+		last = now
 		time.Sleep(100 * time.Millisecond)
 	}
-	return 0, ""
+	return fmt.Errorf("the krbd client's watch (client %d) on %s/%s did not show in rbd status (watchers %v)", client, m.pool, m.image, last)
+}
+
+// credentialSecret is what the map authenticates with: the key, or the
+// keyring's content.
+func credentialSecret(m mapArgs) ([]byte, error) {
+	switch {
+	case m.keyfile != "":
+		return os.ReadFile(m.keyfile)
+	case m.keyring != "":
+		return os.ReadFile(m.keyring)
+	}
+	return nil, nil
+}
+
+// stopIfUnused stops client c if no mapping of the node goes through it.
+// The caller holds the client's lock.
+func stopIfUnused(state string, c *krbdClient) {
+	if len(mappingsOf(state, c.Dir, "")) == 0 {
+		_ = c.stop(state)
+	}
+}
+
+// mappingsOf returns the records of the node's mappings made through the
+// client in dir (of its file, if file is not "").
+func mappingsOf(state, dir, file string) []string {
+	var through []string
+	records, _ := filepath.Glob(filepath.Join(state, "rbd*.json"))
+	for _, rec := range records {
+		var mp mapping
+		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.ClientDir == dir &&
+			(file == "" || mp.File == file) {
+			through = append(through, rec)
+		}
+	}
+	return through
 }
 
 // publish makes the sysfs entry and the device node, and records the mapping.
@@ -580,6 +653,38 @@ func publish(state string, n int, mp mapping, m mapArgs) error {
 }
 
 func unmap(state, target string) error {
+	// Found again under the client's lock: another unmap of the same
+	// device may have gone first, and a new map reused its number.
+	for attempt := 0; attempt < 3; attempt++ {
+		rec, mp, ok := findMapping(state, target)
+		if !ok {
+			break
+		}
+		// krbd refuses to unmap a device that is open (mounted); losetup -d
+		// would only mark it to go at the last close.
+		f, err := os.OpenFile(mp.Loop, os.O_RDONLY|syscall.O_EXCL, 0)
+		if err != nil {
+			return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy (%v)", err)
+		}
+		f.Close()
+		lock, err := lockClient(state, filepath.Base(mp.ClientDir))
+		if err != nil {
+			return err
+		}
+		if again, now, ok := findMapping(state, target); !ok || again != rec || now != mp {
+			lock.Close()
+			continue
+		}
+		err = unmapLocked(state, rec, mp)
+		lock.Close()
+		return err
+	}
+	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
+}
+
+// findMapping returns the record of the node's mapping target names (a
+// device or pool/image).
+func findMapping(state, target string) (string, mapping, bool) {
 	records, _ := filepath.Glob(filepath.Join(state, "rbd*.json"))
 	for _, rec := range records {
 		data, err := os.ReadFile(rec)
@@ -591,50 +696,73 @@ func unmap(state, target string) error {
 			continue
 		}
 		n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json")
-		if target != "/dev/rbd"+n && target != mp.Pool+"/"+mp.Image {
-			continue
+		if target == "/dev/rbd"+n || target == mp.Pool+"/"+mp.Image {
+			return rec, mp, true
 		}
-		// krbd refuses to unmap a device that is open (mounted); losetup -d
-		// would only mark it to go at the last close.
-		f, err := os.OpenFile(mp.Loop, os.O_RDONLY|syscall.O_EXCL, 0)
-		if err != nil {
-			return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy (%v)", err)
-		}
-		f.Close()
-		// Each step is skipped if done: a retry after a failed unmap goes on
-		// where that one stopped.
-		if _, err := os.Stat(fmt.Sprintf("/sys/block/loop%s/loop/backing_file", n)); err == nil {
-			if err := boundedByFuse(state, mp, "losetup", "-d", mp.Loop); err != nil {
-				return err
-			}
-		}
-		if mounted(mp.Mount) {
-			if err := boundedByFuse(state, mp, "umount", mp.Mount); err != nil {
-				return err
-			}
-		}
-		// rbd-fuse closes the image (and its watch) as it exits.
-		for i := 0; i < 100 && process.Alive(mp.FusePid); i++ {
-			time.Sleep(50 * time.Millisecond)
-		}
-		_ = syscall.Kill(mp.FusePid, syscall.SIGKILL)
-		_ = os.Remove(mp.Mount)
-		_ = os.RemoveAll(filepath.Join(sysfsRoot, n))
-		_ = os.Remove("/dev/rbd" + n)
-		if err := os.Remove(rec); err != nil {
+	}
+	return "", mapping{}, false
+}
+
+// unmapLocked removes the mapping recorded in rec; the caller holds its
+// client's lock. Each step is skipped if done: a retry after a failed
+// unmap goes on where that one stopped.
+func unmapLocked(state, rec string, mp mapping) error {
+	n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json")
+	if _, err := os.Stat(fmt.Sprintf("/sys/block/loop%s/loop/backing_file", n)); err == nil {
+		if err := boundedByFuse(state, mp, "losetup", "-d", mp.Loop); err != nil {
 			return err
 		}
-		// The device is gone whether or not the log holds that: an entry it
-		// misses leaves the mapping open in the verdict (a failure there).
-		_ = appendEntry(state, calllog.Entry{Pid: os.Getpid(), Kind: calllog.Unmapped, Device: "/dev/rbd" + n,
-			Image: mp.Pool + "/" + mp.Image, Client: mp.Client, Address: mp.Address, ReadOnly: mp.ReadOnly})
+	}
+	if err := unmapFromClient(state, rec, mp); err != nil {
+		return err
+	}
+	_ = os.RemoveAll(filepath.Join(sysfsRoot, n))
+	_ = os.Remove("/dev/rbd" + n)
+	if err := os.Remove(rec); err != nil {
+		return err
+	}
+	// The device is gone whether or not the log holds that: an entry it
+	// misses leaves the mapping open in the verdict (a failure there).
+	_ = appendEntry(state, calllog.Entry{Pid: os.Getpid(), Kind: calllog.Unmapped, Device: "/dev/rbd" + n,
+		Image: mp.Pool + "/" + mp.Image, Client: mp.Client, Address: mp.Address, ReadOnly: mp.ReadOnly})
+	return nil
+}
+
+// unmapFromClient closes the image in its krbd client (its watch goes),
+// and stops the client if no other mapping of the node goes through it.
+// The client answers within its own bound however its close goes; one
+// that does not answer is frozen or dead. With other mappings through it
+// the unmap fails and may be retried; with none, the client is ended (its
+// FUSE connection aborted first), and the call log says so.
+func unmapFromClient(state, rec string, mp mapping) error {
+	others := false
+	for _, other := range mappingsOf(state, mp.ClientDir, "") {
+		others = others || other != rec
+	}
+	c, running, err := readClient(state, mp.ClientDir)
+	if err != nil {
+		return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: %v", err)
+	}
+	if running {
+		if _, err := c.request("unmap "+mp.File, fuseBound); err != nil {
+			if others {
+				return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: the krbd client of %s did not answer: %v", mp.Address, err)
+			}
+			_ = appendEntry(state, calllog.Entry{Kind: calllog.Note, Address: mp.Address,
+				What: fmt.Sprintf("shim aborted the krbd client (unmap: %v) of client %s", err, mp.Address)})
+			c.discard()
+			return nil
+		}
+	}
+	if others || !running {
+		// readClient discarded a client that does not serve.
 		return nil
 	}
-	return fmt.Errorf("rbd: %s: not a mapped image or snapshot", target)
+	return c.stop(state)
 }
 
 // mounted reports whether something is mounted at dir, from the mount
-// table: a stat of dir would be a FUSE request, which a stuck rbd-fuse
+// table: a stat of dir would be a FUSE request, which a stuck krbd client
 // never answers.
 func mounted(dir string) bool {
 	data, err := os.ReadFile("/proc/self/mounts")
@@ -649,12 +777,12 @@ func mounted(dir string) bool {
 	return false
 }
 
-// fuseBound is how long a step of an unmap may wait on rbd-fuse.
+// fuseBound is how long a step of an unmap may wait on the krbd client.
 const fuseBound = 10 * time.Second
 
 // boundedByFuse runs a step of an unmap (the loop device's detach, the
-// FUSE unmount) that waits on rbd-fuse. rbd-fuse may never answer for a
-// client that has been blocklisted (its librbd waits for good), which
+// FUSE unmount) that waits on the krbd client. It may never answer for a
+// client that has been blocklisted (its librbd may wait for good), which
 // would hold the step in the kernel, while krbd fails a blocklisted
 // client's I/O and lets go of the device. So past fuseBound the client's
 // FUSE connection is aborted (every request on it fails) and the step
@@ -675,16 +803,16 @@ func boundedByFuse(state string, mp mapping, argv ...string) error {
 	case <-time.After(fuseBound):
 	}
 	if mp.FuseConn == 0 {
-		return fmt.Errorf("rbd: sysfs write failed\n%s: no answer from rbd-fuse within %v", strings.Join(argv, " "), fuseBound)
+		return fmt.Errorf("rbd: sysfs write failed\n%s: no answer from the krbd client within %v", strings.Join(argv, " "), fuseBound)
 	}
-	_ = appendEntry(state, calllog.Entry{Kind: calllog.Note, What: fmt.Sprintf("shim aborted rbd-fuse (%s) of client %s", argv[0], mp.Address),
+	_ = appendEntry(state, calllog.Entry{Kind: calllog.Note, What: fmt.Sprintf("shim aborted the krbd client (%s) of client %s", argv[0], mp.Address),
 		Address: mp.Address})
 	kubelet.AbortFuse(mp.FuseConn)
 	select {
 	case err := <-done:
 		return err
 	case <-time.After(fuseBound):
-		return fmt.Errorf("rbd: sysfs write failed\n%s: stuck %v after rbd-fuse's connection was aborted", strings.Join(argv, " "), fuseBound)
+		return fmt.Errorf("rbd: sysfs write failed\n%s: stuck %v after the krbd client's connection was aborted", strings.Join(argv, " "), fuseBound)
 	}
 }
 
@@ -696,7 +824,7 @@ func fuseConnection(mnt string) (uint32, error) {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		// "36 35 0:41 / /mnt/point rw,... - fuse rbd-fuse rw,..."
+		// "36 35 0:41 / /mnt/point rw,... - fuse krbd-client rw,..."
 		f := strings.Fields(line)
 		if len(f) < 5 || f[4] != mnt {
 			continue

@@ -243,9 +243,6 @@ func (n *Node) StartKubelet(ctx context.Context) error {
 	env := append([]string{
 		"PATH=" + n.bin() + ":" + os.Getenv("PATH"),
 		"RBD_SHIM_STATE=" + n.state(),
-		// The shim tells its mapping's client among the image's watchers
-		// by the node's address.
-		"RBD_SHIM_NODE_IP=" + n.Net.IP.String(),
 	}, n.opts.Env...)
 	// Joining a mount namespace moves the working directory to its root,
 	// and the kubelet removes what matches a removed container's log path
@@ -363,16 +360,19 @@ func (n *Node) MountIDs(ctx context.Context) ([]string, error) {
 	return mounts, nil
 }
 
-// FusePids returns the pids of the rbd-fuse clients behind the node's
-// mappings: the node's Ceph clients.
+// FusePids returns the pids of the krbd clients behind the node's
+// mappings: the node's Ceph clients, one per client however many
+// mappings share it.
 func (n *Node) FusePids() []int {
 	var pids []int
+	seen := map[int]bool{}
 	records, _ := filepath.Glob(filepath.Join(n.state(), "rbd*.json"))
 	for _, rec := range records {
 		var mp struct {
 			FusePid int `json:"fusePid"`
 		}
-		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.FusePid > 0 {
+		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil && mp.FusePid > 0 && !seen[mp.FusePid] {
+			seen[mp.FusePid] = true
 			pids = append(pids, mp.FusePid)
 		}
 	}
@@ -601,29 +601,34 @@ func (n *Node) Stop() {
 }
 
 // Cleanup frees what the shim made for a node whose files are in dir: loop
-// devices, device nodes and rbd-fuse daemons. An aborted run's nodes are
+// devices, device nodes and krbd clients. An aborted run's nodes are
 // cleaned this way when the next run starts.
 func Cleanup(dir string) {
 	records, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "rbd*.json"))
 	pending, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "pending-*.json"))
-	for _, rec := range append(records, pending...) {
+	clients, _ := filepath.Glob(filepath.Join(dir, "rbd-state", "clients", "*", "client.json"))
+	for _, rec := range append(append(records, pending...), clients...) {
 		var mp struct {
 			FusePid  int    `json:"fusePid"`
+			Pid      int    `json:"pid"`
 			FuseConn uint32 `json:"fuseConn"`
 		}
 		if data, err := os.ReadFile(rec); err == nil && json.Unmarshal(data, &mp) == nil {
+			if mp.FusePid == 0 {
+				mp.FusePid = mp.Pid // a client.json
+			}
 			// First the connection, so that nothing waits on the client
 			// any more; then the client; then the loop device over it.
 			if mp.FuseConn > 0 {
 				AbortFuse(mp.FuseConn)
 			}
-			// Only if the pid still runs rbd-fuse: it may have been reused.
+			// Only if the pid still runs a krbd client: it may have been reused.
 			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", mp.FusePid)); mp.FusePid > 0 && err == nil &&
-				strings.HasPrefix(string(cmdline), "rbd-fuse\x00") {
+				strings.Contains(string(cmdline), "/krbd_client.py\x00") {
 				_ = syscall.Kill(mp.FusePid, syscall.SIGKILL)
 			}
 		}
-		if n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json"); !strings.HasPrefix(n, "pending") {
+		if n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json"); strings.HasPrefix(filepath.Base(rec), "rbd") {
 			_ = exec.Command("losetup", "-d", "/dev/loop"+n).Run()
 			_ = os.Remove("/dev/rbd" + n)
 		}
@@ -632,7 +637,7 @@ func Cleanup(dir string) {
 }
 
 // AbortFuse aborts a FUSE connection: every request waiting on it fails.
-// A frozen or fenced rbd-fuse otherwise keeps the loop device's writeback,
+// A frozen or fenced krbd client otherwise keeps the loop device's writeback,
 // and anything that syncs, in the kernel for good, even after it is killed.
 func AbortFuse(conn uint32) {
 	const fusectl = "/sys/fs/fuse/connections"
