@@ -96,7 +96,7 @@ func TestKrbdClientSharing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cluster.Stop()
-	for _, image := range []string{"a", "b", "c", "d"} {
+	for _, image := range []string{"a", "b", "c", "d", "e"} {
 		if err := cluster.CreateImage(ctx, image, 16); err != nil {
 			t.Fatal(err)
 		}
@@ -190,6 +190,33 @@ func TestKrbdClientSharing(t *testing.T) {
 		if got := exportHead(ctx, t, cluster, image, len(want)); got != want {
 			t.Errorf("image %s begins %q, want %q", image, got, want)
 		}
+	}
+
+	// A map killed (the kubelet's deadline) after its client opened the
+	// image and before it recorded its device: the next map's sweep closes
+	// the image and stops the client no mapping goes through.
+	killed, err := startClient(state, filepath.Join(state, "clients", "noshare-2"), m, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fileE := mapThrough(killed, "e", "rw")
+	watchedOnlyBy("e", killed.Address)
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	pending := filepath.Join(state, "pending-noshare-2-"+filepath.Base(fileE)+".json")
+	if err := saveJSON(pending, mapping{Pool: "rbd", Image: "e", ClientDir: killed.Dir, File: filepath.Base(fileE),
+		ShimPid: gone.Process.Pid}); err != nil {
+		t.Fatal(err)
+	}
+	sweepKilledMaps(state)
+	watchedOnlyBy("e", "")
+	if _, err := os.Stat(pending); err == nil {
+		t.Errorf("the killed map's record %s is still there after the sweep", pending)
+	}
+	if clientRuns(killed.Pid) || mounted(killed.mount()) {
+		t.Errorf("the client of the killed map (pid %d) runs or is mounted after the sweep", killed.Pid)
 	}
 
 	// A fence of the shared client takes every image mapped through it.

@@ -65,6 +65,7 @@ import (
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/calllog"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
 const (
@@ -85,6 +86,8 @@ type mapping struct {
 	ClientDir string `json:"clientDir"`
 	// FusePid is the krbd client's process.
 	FusePid int `json:"fusePid"`
+	// ShimPid is the map's process, while the mapping is pending.
+	ShimPid int `json:"shimPid,omitempty"`
 	// FuseConn names the client's FUSE connection
 	// (/sys/fs/fuse/connections/N): a teardown aborts it before it kills
 	// the client, or I/O of a fenced or frozen client would hang in the
@@ -406,6 +409,7 @@ func mapImage(state string, args []string) (string, error) {
 	if key == "" {
 		key = fmt.Sprintf("%s%d-%d", noshare, os.Getpid(), time.Now().UnixNano())
 	}
+	sweepKilledMaps(state)
 	lock, err := lockClient(state, key)
 	if err != nil {
 		return "", err
@@ -416,9 +420,7 @@ func mapImage(state string, args []string) (string, error) {
 	switch {
 	case err != nil:
 		return "", err
-	case running:
-		sweepPending(state, c)
-	default:
+	case !running:
 		if c, err = startClient(state, dir, m, m.keyfile); err != nil {
 			return "", err
 		}
@@ -428,7 +430,8 @@ func mapImage(state string, args []string) (string, error) {
 	// (the kubelet's deadline), the next map through the client, or the
 	// teardown, undoes what it made.
 	pending := filepath.Join(state, fmt.Sprintf("pending-%s-%s.json", key, file))
-	rec := mapping{Pool: m.pool, Image: m.image, Mount: c.mount(), FusePid: c.Pid, FuseConn: c.FuseConn, ClientDir: c.Dir, File: file}
+	rec := mapping{Pool: m.pool, Image: m.image, Mount: c.mount(), FusePid: c.Pid, FuseConn: c.FuseConn, ClientDir: c.Dir, File: file,
+		ShimPid: os.Getpid()}
 	if err := saveJSON(pending, rec); err != nil {
 		stopIfUnused(state, c)
 		return "", err
@@ -503,28 +506,53 @@ func mapImage(state string, args []string) (string, error) {
 	return dev, nil
 }
 
-// sweepPending undoes what maps through client c that were killed before
-// they recorded their mapping left: their loop device and their file.
-// The caller holds the client's lock, so no live map has a record here.
-func sweepPending(state string, c *krbdClient) {
-	records, _ := filepath.Glob(filepath.Join(state, "pending-"+filepath.Base(c.Dir)+"-*.json"))
+// sweepKilledMaps undoes what maps killed before they recorded their
+// mapping left (the kubelet's deadline kills a map's process group): their
+// loop device, and their image's file in its client, which would stay
+// open and watched. A map's pending record names its process; one whose
+// process is gone is undone under its client's lock.
+func sweepKilledMaps(state string) {
+	records, _ := filepath.Glob(filepath.Join(state, "pending-*.json"))
 	for _, pending := range records {
 		var mp mapping
-		if data, err := os.ReadFile(pending); err != nil || json.Unmarshal(data, &mp) != nil {
+		if data, err := os.ReadFile(pending); err != nil || json.Unmarshal(data, &mp) != nil || mp.ClientDir == "" ||
+			process.Alive(mp.ShimPid) {
 			continue
 		}
-		if len(mappingsOf(state, c.Dir, mp.File)) == 0 {
-			// Killed before its device was published: nothing uses it.
-			if mp.Loop != "" {
-				_ = exec.Command("losetup", "-d", mp.Loop).Run()
-			}
-			if _, err := c.request("unmap "+mp.File, fuseBound); err != nil {
-				continue
-			}
-			logLine(state, fmt.Sprintf("shim undid a map killed before it was recorded (%s/%s)", mp.Pool, mp.Image))
+		lock, err := lockClient(state, filepath.Base(mp.ClientDir))
+		if err != nil {
+			continue
 		}
-		_ = os.Remove(pending)
+		if _, err := os.Stat(pending); err == nil {
+			undoKilledMap(state, pending, mp)
+		}
+		lock.Close()
 	}
+}
+
+// undoKilledMap undoes the map pending records; the caller holds its
+// client's lock.
+func undoKilledMap(state, pending string, mp mapping) {
+	if len(mappingsOf(state, mp.ClientDir, mp.File)) > 0 {
+		// Killed after its device was published: the mapping stands.
+		_ = os.Remove(pending)
+		return
+	}
+	if mp.Loop != "" {
+		_ = exec.Command("losetup", "-d", mp.Loop).Run()
+	}
+	c, running, err := readClient(state, mp.ClientDir)
+	if err != nil {
+		return
+	}
+	if running {
+		if _, err := c.request("unmap "+mp.File, fuseBound); err != nil {
+			return
+		}
+		stopIfUnused(state, c)
+	}
+	_ = os.Remove(pending)
+	logLine(state, fmt.Sprintf("shim undid a map of %s/%s killed before it recorded its device", mp.Pool, mp.Image))
 }
 
 // saveJSON writes v to path whole or not at all.
