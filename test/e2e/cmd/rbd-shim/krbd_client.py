@@ -40,6 +40,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 
 import llfuse
 import rados
@@ -49,6 +50,19 @@ import rbd
 class Mapping:
     def __init__(self, name, image, size, read_only):
         self.name, self.image, self.size, self.read_only = name, image, size, read_only
+        # I/O under way with llfuse's lock released; the image is closed
+        # only when none is (librbd must not close under a read or write).
+        self.inflight = 0
+
+    def io(self, op):
+        """Runs op on the image with llfuse's lock released; the caller
+        holds the lock."""
+        self.inflight += 1
+        try:
+            with llfuse.lock_released:
+                return op()
+        finally:
+            self.inflight -= 1
 
 
 class ImageFiles(llfuse.Operations):
@@ -121,12 +135,11 @@ class ImageFiles(llfuse.Operations):
             return b""
         size = min(size, m.size - off)
         # librbd's I/O may wait on the OSDs: other requests go on meanwhile.
-        with llfuse.lock_released:
-            try:
-                return m.image.read(off, size)
-            except Exception as e:  # a fenced client's I/O fails, as krbd's
-                print("read %s: %s" % (m.name, e), file=sys.stderr, flush=True)
-                raise llfuse.FUSEError(errno.EIO)
+        try:
+            return m.io(lambda: m.image.read(off, size))
+        except Exception as e:  # a fenced client's I/O fails, as krbd's
+            print("read %s: %s" % (m.name, e), file=sys.stderr, flush=True)
+            raise llfuse.FUSEError(errno.EIO)
 
     def write(self, fh, off, buf):
         m = self._mapping(fh)
@@ -134,21 +147,19 @@ class ImageFiles(llfuse.Operations):
             raise llfuse.FUSEError(errno.EROFS)
         if off + len(buf) > m.size:
             raise llfuse.FUSEError(errno.EIO)
-        with llfuse.lock_released:
-            try:
-                return m.image.write(buf, off)
-            except Exception as e:
-                print("write %s: %s" % (m.name, e), file=sys.stderr, flush=True)
-                raise llfuse.FUSEError(errno.EIO)
+        try:
+            return m.io(lambda: m.image.write(buf, off))
+        except Exception as e:
+            print("write %s: %s" % (m.name, e), file=sys.stderr, flush=True)
+            raise llfuse.FUSEError(errno.EIO)
 
     def fsync(self, fh, datasync):
         m = self._mapping(fh)
-        with llfuse.lock_released:
-            try:
-                m.image.flush()
-            except Exception as e:
-                print("flush %s: %s" % (m.name, e), file=sys.stderr, flush=True)
-                raise llfuse.FUSEError(errno.EIO)
+        try:
+            m.io(m.image.flush)
+        except Exception as e:
+            print("flush %s: %s" % (m.name, e), file=sys.stderr, flush=True)
+            raise llfuse.FUSEError(errno.EIO)
 
     def release(self, fh):
         pass
@@ -174,7 +185,8 @@ class Client:
             "objecter_tick_interval": "1", "client_mount_timeout": "30"})
         self.cluster.connect(timeout=30)
         self.ioctxs = {}
-        self.serial = 0
+        # Maps and unmaps one at a time.
+        self.changes = threading.Lock()
 
     def request(self, line):
         """Answers one request; map and unmap return an undo for an answer
@@ -235,6 +247,12 @@ UNMAP_BOUND = 5
 
 
 def close_image(m):
+    # The file is gone, so no new I/O starts; what is under way ends first.
+    while True:
+        with llfuse.lock:
+            if m.inflight == 0:
+                break
+        time.sleep(0.05)
     try:
         m.image.close()
     except Exception as e:  # a fenced client's close fails; the unmap is done
@@ -242,28 +260,41 @@ def close_image(m):
 
 
 def serve(client, listener):
-    """Answers requests one at a time; nothing a peer does stops it."""
+    """Accepts requests until the listener closes, each on a thread of its
+    own: a map that waits on the cluster holds no "client" request."""
     while True:
         try:
             conn, _ = listener.accept()
         except OSError as e:
+            if listener.fileno() < 0:
+                return
             print("accept: %s" % e, file=sys.stderr, flush=True)
+            time.sleep(0.1)
             continue
-        with conn:
-            line, undo = "", None
+        threading.Thread(target=answer, args=(client, conn), daemon=True).start()
+
+
+def answer(client, conn):
+    with conn:
+        line, undo = "", None
+        try:
+            conn.settimeout(10)
+            line = conn.makefile("r").readline()
             try:
-                conn.settimeout(10)
-                line = conn.makefile("r").readline()
-                try:
-                    answer, undo = client.request(line)
-                except Exception as e:
-                    answer = "err %s: %s" % (type(e).__name__, str(e).replace("\n", " "))
-                conn.sendall((answer + "\n").encode())
-            except OSError as e:
-                # The shim is gone (killed at the kubelet's deadline): what it
-                # never heard of is undone, or it would stay open and watched.
-                print("request %r: %s" % (line, e), file=sys.stderr, flush=True)
-                if undo is not None:
+                if line.startswith("client"):
+                    reply, undo = client.request(line)
+                else:
+                    with client.changes:
+                        reply, undo = client.request(line)
+            except Exception as e:
+                reply = "err %s: %s" % (type(e).__name__, str(e).replace("\n", " "))
+            conn.sendall((reply + "\n").encode())
+        except OSError as e:
+            # The shim is gone (killed at the kubelet's deadline): what it
+            # never heard of is undone, or it would stay open and watched.
+            print("request %r: %s" % (line, e), file=sys.stderr, flush=True)
+            if undo is not None:
+                with client.changes:
                     undo()
 
 

@@ -54,6 +54,7 @@ const python = "/usr/bin/python3"
 var rbdDeviceOptions = map[string]bool{
 	"ro": true, "read_only": true, "rw": true, "read_write": true, "queue_depth": true, "alloc_size": true,
 	"lock_timeout": true, "lock_on_read": true, "exclusive": true, "notrim": true, "compression_hint": true,
+	"rxbounce": true,
 }
 
 // clientKey names the client a map goes through: one per node, user,
@@ -116,8 +117,9 @@ func lockClient(state, key string) (*os.File, error) {
 // runs, its mount is up and it answers. A client whose start was killed
 // half-way, or that was killed, is discarded. One that runs but does not
 // answer is an error while mappings go through it (it may be slow; ending
-// it would fail them all), and is discarded when none does.
-func readClient(state, dir string) (*krbdClient, bool, error) {
+// it would fail them all), and is discarded when none but the one recorded
+// in except does.
+func readClient(state, dir, except string) (*krbdClient, bool, error) {
 	data, err := os.ReadFile(filepath.Join(dir, "client.json"))
 	if err != nil {
 		return nil, false, nil
@@ -132,7 +134,7 @@ func readClient(state, dir string) (*krbdClient, bool, error) {
 		return nil, false, nil
 	}
 	if _, err := c.request("client", 5*time.Second); err != nil {
-		if len(mappingsOf(state, dir, "")) > 0 {
+		if othersThrough(state, dir, except) {
 			return nil, false, fmt.Errorf("the krbd client %s (pid %d) does not answer: %w", c.Address, c.Pid, err)
 		}
 		c.discard()
@@ -155,6 +157,9 @@ func (c *krbdClient) discard() {
 		_ = exec.Command("umount", "-l", c.mount()).Run()
 	}
 	_ = os.RemoveAll(c.Dir)
+	if strings.HasPrefix(filepath.Base(c.Dir), noshare) {
+		_ = os.Remove(c.Dir + ".lock")
+	}
 }
 
 // clientRuns reports whether pid is a krbd client (not a reused pid).

@@ -31,6 +31,7 @@ import (
 
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/ceph"
 	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/kubelet"
+	"github.com/kube-rbd-failover/kube-rbd-failover/test/e2e/framework/process"
 )
 
 func TestClientKey(t *testing.T) {
@@ -199,14 +200,14 @@ func TestKrbdClientSharing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fileE := mapThrough(killed, "e", "rw")
+	fileK := mapThrough(killed, "e", "rw")
 	watchedOnlyBy("e", killed.Address)
 	gone := exec.Command("true")
 	if err := gone.Run(); err != nil {
 		t.Fatal(err)
 	}
-	pending := filepath.Join(state, "pending-noshare-2-"+filepath.Base(fileE)+".json")
-	if err := saveJSON(pending, mapping{Pool: "rbd", Image: "e", ClientDir: killed.Dir, File: filepath.Base(fileE),
+	pending := filepath.Join(state, "pending-noshare-2-"+filepath.Base(fileK)+".json")
+	if err := saveJSON(pending, mapping{Pool: "rbd", Image: "e", Mount: killed.mount(), ClientDir: killed.Dir, File: filepath.Base(fileK),
 		ShimPid: gone.Process.Pid}); err != nil {
 		t.Fatal(err)
 	}
@@ -217,6 +218,35 @@ func TestKrbdClientSharing(t *testing.T) {
 	}
 	if clientRuns(killed.Pid) || mounted(killed.mount()) {
 		t.Errorf("the client of the killed map (pid %d) runs or is mounted after the sweep", killed.Pid)
+	}
+
+	// Through the shared client: a killed map is undone, a map that still
+	// runs is left alone, and the client, which a published mapping (b's
+	// record) goes through, keeps serving.
+	fileE := mapThrough(shared, "e", "rw")
+	if err := saveJSON(filepath.Join(state, "rbd90.json"), mapping{Pool: "rbd", Image: "b", Mount: shared.mount(),
+		ClientDir: shared.Dir, File: filepath.Base(fileB)}); err != nil {
+		t.Fatal(err)
+	}
+	self, err := process.StartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, pid := range map[string]int{fileE: gone.Process.Pid, fileA: os.Getpid()} {
+		if err := saveJSON(filepath.Join(state, "pending-"+key+"-"+filepath.Base(file)+".json"), mapping{Pool: "rbd",
+			Mount: shared.mount(), ClientDir: shared.Dir, File: filepath.Base(file), ShimPid: pid, ShimStart: self}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sweepKilledMaps(state)
+	watchedOnlyBy("e", "")
+	watchedOnlyBy("a", addrShared)
+	watchedOnlyBy("b", addrShared)
+	if !clientRuns(shared.Pid) {
+		t.Fatalf("the sweep of a killed map ended the shared client, which b's mapping goes through")
+	}
+	if _, err := os.Stat(filepath.Join(state, "pending-"+key+"-"+filepath.Base(fileA)+".json")); err != nil {
+		t.Errorf("the sweep removed the pending record of a map that still runs: %v", err)
 	}
 
 	// A fence of the shared client takes every image mapped through it.

@@ -86,8 +86,10 @@ type mapping struct {
 	ClientDir string `json:"clientDir"`
 	// FusePid is the krbd client's process.
 	FusePid int `json:"fusePid"`
-	// ShimPid is the map's process, while the mapping is pending.
-	ShimPid int `json:"shimPid,omitempty"`
+	// ShimPid and ShimStart (its start time) are the map's process, while
+	// the mapping is pending; 0 once the map gave up on it.
+	ShimPid   int    `json:"shimPid,omitempty"`
+	ShimStart uint64 `json:"shimStart,omitempty"`
 	// FuseConn names the client's FUSE connection
 	// (/sys/fs/fuse/connections/N): a teardown aborts it before it kills
 	// the client, or I/O of a fenced or frozen client would hang in the
@@ -97,6 +99,9 @@ type mapping struct {
 	// Address is the client's, as a blocklist names it.
 	Address  string `json:"address"`
 	ReadOnly bool   `json:"readOnly"`
+
+	// sharedClient: other mappings of the node go through its client.
+	sharedClient bool
 }
 
 func main() {
@@ -416,7 +421,7 @@ func mapImage(state string, args []string) (string, error) {
 	}
 	defer lock.Close()
 	dir := filepath.Join(state, "clients", key)
-	c, running, err := readClient(state, dir)
+	c, running, err := readClient(state, dir, "")
 	switch {
 	case err != nil:
 		return "", err
@@ -430,19 +435,23 @@ func mapImage(state string, args []string) (string, error) {
 	// (the kubelet's deadline), the next map through the client, or the
 	// teardown, undoes what it made.
 	pending := filepath.Join(state, fmt.Sprintf("pending-%s-%s.json", key, file))
+	started, _ := process.StartTime(os.Getpid())
 	rec := mapping{Pool: m.pool, Image: m.image, Mount: c.mount(), FusePid: c.Pid, FuseConn: c.FuseConn, ClientDir: c.Dir, File: file,
-		ShimPid: os.Getpid()}
+		ShimPid: os.Getpid(), ShimStart: started}
 	if err := saveJSON(pending, rec); err != nil {
-		stopIfUnused(state, c)
+		stopIfUnused(state, c, "")
 		return "", err
 	}
 	undo := func() {
-		if rec.Loop != "" {
-			_ = exec.Command("losetup", "-d", rec.Loop).Run()
+		detachLoops(filepath.Join(c.mount(), file))
+		if _, err := c.request("unmap "+file, fuseBound); err != nil {
+			// Left for the next map's sweep: the image may be open.
+			rec.ShimPid, rec.ShimStart = 0, 0
+			_ = saveJSON(pending, rec)
+			return
 		}
-		_, _ = c.request("unmap "+file, fuseBound)
 		_ = os.Remove(pending)
-		stopIfUnused(state, c)
+		stopIfUnused(state, c, "")
 	}
 	mode := "rw"
 	if m.readOnly {
@@ -516,7 +525,7 @@ func sweepKilledMaps(state string) {
 	for _, pending := range records {
 		var mp mapping
 		if data, err := os.ReadFile(pending); err != nil || json.Unmarshal(data, &mp) != nil || mp.ClientDir == "" ||
-			process.Alive(mp.ShimPid) {
+			mapRuns(mp) {
 			continue
 		}
 		lock, err := lockClient(state, filepath.Base(mp.ClientDir))
@@ -530,6 +539,16 @@ func sweepKilledMaps(state string) {
 	}
 }
 
+// mapRuns reports whether the map that wrote pending record mp still runs
+// (its pid, started when the record says: not a reused pid).
+func mapRuns(mp mapping) bool {
+	if mp.ShimPid <= 0 || !process.Alive(mp.ShimPid) {
+		return false
+	}
+	started, err := process.StartTime(mp.ShimPid)
+	return err == nil && started == mp.ShimStart
+}
+
 // undoKilledMap undoes the map pending records; the caller holds its
 // client's lock.
 func undoKilledMap(state, pending string, mp mapping) {
@@ -538,10 +557,10 @@ func undoKilledMap(state, pending string, mp mapping) {
 		_ = os.Remove(pending)
 		return
 	}
-	if mp.Loop != "" {
-		_ = exec.Command("losetup", "-d", mp.Loop).Run()
-	}
-	c, running, err := readClient(state, mp.ClientDir)
+	// Found by its backing file: the map may have been killed before it
+	// recorded its loop device.
+	detachLoops(filepath.Join(mp.Mount, mp.File))
+	c, running, err := readClient(state, mp.ClientDir, "")
 	if err != nil {
 		return
 	}
@@ -549,7 +568,7 @@ func undoKilledMap(state, pending string, mp mapping) {
 		if _, err := c.request("unmap "+mp.File, fuseBound); err != nil {
 			return
 		}
-		stopIfUnused(state, c)
+		stopIfUnused(state, c, "")
 	}
 	_ = os.Remove(pending)
 	logLine(state, fmt.Sprintf("shim undid a map of %s/%s killed before it recorded its device", mp.Pool, mp.Image))
@@ -621,12 +640,54 @@ func credentialSecret(m mapArgs) ([]byte, error) {
 	return nil, nil
 }
 
-// stopIfUnused stops client c if no mapping of the node goes through it.
-// The caller holds the client's lock.
-func stopIfUnused(state string, c *krbdClient) {
-	if len(mappingsOf(state, c.Dir, "")) == 0 {
+// stopIfUnused stops client c if no mapping of the node but the one
+// recorded in except goes through it. The caller holds the client's lock.
+func stopIfUnused(state string, c *krbdClient, except string) {
+	if !othersThrough(state, c.Dir, except) {
 		_ = c.stop(state)
 	}
+}
+
+// othersThrough reports whether a mapping of the node other than the one
+// recorded in except goes through the client in dir.
+func othersThrough(state, dir, except string) bool {
+	for _, rec := range mappingsOf(state, dir, "") {
+		if rec != except {
+			return true
+		}
+	}
+	return false
+}
+
+// detachLoops detaches every loop device over file (the machine's loop
+// devices are shared by all nodes: one is detached only if it is over
+// this file).
+func detachLoops(file string) {
+	for _, loop := range loopsOver(file) {
+		_ = exec.Command("losetup", "-d", loop).Run()
+	}
+}
+
+// loopsOver returns the loop devices whose backing file is file.
+func loopsOver(file string) []string {
+	var loops []string
+	paths, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, p := range paths {
+		if data, err := os.ReadFile(p); err == nil && strings.TrimSuffix(strings.TrimSpace(string(data)), " (deleted)") == file {
+			loops = append(loops, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(p))))
+		}
+	}
+	return loops
+}
+
+// loopIsOver reports whether loop is attached over file.
+func loopIsOver(loop, file string) bool {
+	for _, l := range loopsOver(file) {
+		if l == loop {
+			return true
+		}
+	}
+	return false
 }
 
 // mappingsOf returns the records of the node's mappings made through the
@@ -676,8 +737,7 @@ func publish(state string, n int, mp mapping, m mapArgs) error {
 	if err := syscall.Mknod(dev, syscall.S_IFBLK|0o660, int(loopStat.Rdev)); err != nil {
 		return fmt.Errorf("mknod %s (is a device of that name left over?): %w", dev, err)
 	}
-	data, _ := json.Marshal(mp)
-	return os.WriteFile(filepath.Join(state, fmt.Sprintf("rbd%d.json", n)), data, 0o644)
+	return saveJSON(filepath.Join(state, fmt.Sprintf("rbd%d.json", n)), mp)
 }
 
 func unmap(state, target string) error {
@@ -689,12 +749,16 @@ func unmap(state, target string) error {
 			break
 		}
 		// krbd refuses to unmap a device that is open (mounted); losetup -d
-		// would only mark it to go at the last close.
-		f, err := os.OpenFile(mp.Loop, os.O_RDONLY|syscall.O_EXCL, 0)
-		if err != nil {
-			return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy (%v)", err)
+		// would only mark it to go at the last close. A loop device that is
+		// no longer over this mapping's file (a retry after the detach) may
+		// be another node's now.
+		if loopIsOver(mp.Loop, filepath.Join(mp.Mount, mp.File)) {
+			f, err := os.OpenFile(mp.Loop, os.O_RDONLY|syscall.O_EXCL, 0)
+			if err != nil {
+				return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: (16) Device or resource busy (%v)", err)
+			}
+			f.Close()
 		}
-		f.Close()
 		lock, err := lockClient(state, filepath.Base(mp.ClientDir))
 		if err != nil {
 			return err
@@ -736,7 +800,10 @@ func findMapping(state, target string) (string, mapping, bool) {
 // unmap goes on where that one stopped.
 func unmapLocked(state, rec string, mp mapping) error {
 	n := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(rec), "rbd"), ".json")
-	if _, err := os.Stat(fmt.Sprintf("/sys/block/loop%s/loop/backing_file", n)); err == nil {
+	if loopIsOver(mp.Loop, filepath.Join(mp.Mount, mp.File)) {
+		// Other mappings through the client: its FUSE connection is theirs
+		// too, and is aborted for none of them.
+		mp.sharedClient = othersThrough(state, mp.ClientDir, rec)
 		if err := boundedByFuse(state, mp, "losetup", "-d", mp.Loop); err != nil {
 			return err
 		}
@@ -763,11 +830,8 @@ func unmapLocked(state, rec string, mp mapping) error {
 // the unmap fails and may be retried; with none, the client is ended (its
 // FUSE connection aborted first), and the call log says so.
 func unmapFromClient(state, rec string, mp mapping) error {
-	others := false
-	for _, other := range mappingsOf(state, mp.ClientDir, "") {
-		others = others || other != rec
-	}
-	c, running, err := readClient(state, mp.ClientDir)
+	others := othersThrough(state, mp.ClientDir, rec)
+	c, running, err := readClient(state, mp.ClientDir, rec)
 	if err != nil {
 		return fmt.Errorf("rbd: sysfs write failed\nrbd: unmap failed: %v", err)
 	}
@@ -830,7 +894,7 @@ func boundedByFuse(state string, mp mapping, argv ...string) error {
 		return err
 	case <-time.After(fuseBound):
 	}
-	if mp.FuseConn == 0 {
+	if mp.FuseConn == 0 || mp.sharedClient {
 		return fmt.Errorf("rbd: sysfs write failed\n%s: no answer from the krbd client within %v", strings.Join(argv, " "), fuseBound)
 	}
 	_ = appendEntry(state, calllog.Entry{Kind: calllog.Note, What: fmt.Sprintf("shim aborted the krbd client (%s) of client %s", argv[0], mp.Address),

@@ -634,6 +634,15 @@ func Cleanup(dir string) {
 		}
 		_ = os.Remove(rec)
 	}
+	// Loop devices over the node's clients' files that no record names (a
+	// map killed before it recorded its device).
+	state := filepath.Join(dir, "rbd-state") + "/"
+	paths, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, p := range paths {
+		if data, err := os.ReadFile(p); err == nil && strings.HasPrefix(string(data), state) {
+			_ = exec.Command("losetup", "-d", "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(p)))).Run()
+		}
+	}
 }
 
 // AbortFuse aborts a FUSE connection: every request waiting on it fails.
