@@ -357,8 +357,12 @@ func TestCutOff(t *testing.T) {
 		s.note("node-a's write across the reconnect: %s, on the image: %v (%v once node-a let go); node-a's unmap ended %v after it was reconnected (its call log)",
 			r, landed, landedAfter, s.unmappedAt(nodeA).Sub(back).Round(100*time.Millisecond))
 		if s.build == stock {
-			if !landed || !landedAfter {
-				t.Errorf("stock with ReadWriteMany: node-a's write across the reconnect is not on the image; the hazard did not show")
+			// The hazard is that the write lands at all; how long an unfenced
+			// client takes to get it there after the reconnect (its OSD
+			// sessions, the exclusive lock taken back from node-b's client)
+			// is reported, not bounded.
+			if !landedAfter {
+				t.Errorf("stock with ReadWriteMany: node-a's write across the reconnect is not on the image once node-a let go; the hazard did not show")
 			}
 			s.outcome = fmt.Sprintf("app-2 Running on node-b %v after the cut, no fence; node-a reconnected and its write landed on the image under node-b's filesystem",
 				running.Sub(cut).Round(100*time.Millisecond))
