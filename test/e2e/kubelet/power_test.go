@@ -311,15 +311,15 @@ func (s *scenario) staleWrite(client int, vol string) stale {
 	return s.overwriteMarker(client, vol, 'S', staleWriteBound)
 }
 
-// overwriteMarker has the application, through the mount namespace of
-// Ceph client pid, overwrite the marker block in vol with fill, bypassing
-// the page cache, within bound (the write and its shell are killed as a
-// group past it).
-func (s *scenario) overwriteMarker(client int, vol string, fill byte, bound time.Duration) stale {
+// overwriteMarker has the application, in the mount namespace of pid (a
+// Ceph client's, or the node's), overwrite the marker block in vol with
+// fill, bypassing the page cache, within bound (the write and its shell
+// are killed as a group past it).
+func (s *scenario) overwriteMarker(pid int, vol string, fill byte, bound time.Duration) stale {
 	ctx, cancel := context.WithTimeout(s.ctx, bound)
 	defer cancel()
 	start := time.Now()
-	out, err := kubelet.InClientNS(ctx, client, "sh", "-c",
+	out, err := kubelet.InClientNS(ctx, pid, "sh", "-c",
 		`head -c 4096 /dev/zero | tr '\0' "$2" | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
 		"app", vol, string(fill))
 	return stale{out: out, err: err, hung: ctx.Err() != nil, took: time.Since(start), bound: bound}

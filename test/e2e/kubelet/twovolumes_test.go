@@ -149,7 +149,9 @@ func TestTwoVolumes(t *testing.T) {
 		if fenced, err := env.cluster.Blocklisted(ctx, mapY.Address); err != nil || fenced {
 			t.Errorf("node-a's client of %s (%s) is blocklisted (%v): the fence of %s took it too", claimY, mapY.Address, err, s.claim)
 		}
-		w := s.overwriteMarker(clients[0], volY, 'Y', liveWriteBound)
+		// Through the node's namespace, not clients[0]: X's client exits
+		// once node-a's kubelet unmaps X, which it may do by now.
+		w := s.overwriteMarker(nodeA.MountNSPid(), volY, 'Y', liveWriteBound)
 		s.tl.Mark(laneA, "write to the second volume: %s", w)
 		switch {
 		case w.hung:

@@ -320,6 +320,12 @@ func (n *Node) InNode(ctx context.Context, argv ...string) ([]byte, error) {
 	return InClientNS(ctx, n.mounts.Pid(), argv...)
 }
 
+// MountNSPid is a pid in the node's mount namespace that lives as long as
+// the node: unlike a Ceph client's, it does not go with an unmap.
+func (n *Node) MountNSPid() int {
+	return n.mounts.Pid()
+}
+
 // PodVolumeDir is where the kubelet mounts the pod's PersistentVolume.
 func (n *Node) PodVolumeDir(podUID, pv string) string {
 	return filepath.Join(n.Root, "pods", podUID, "volumes", "kubernetes.io~rbd", pv)
