@@ -19,7 +19,6 @@ package kubelet
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -72,12 +71,7 @@ func TestAPIPartition(t *testing.T) {
 			t.Fatalf("watchers before the partition: %v (%v), want node-a's", watchers, err)
 		}
 
-		cut := time.Now()
-		s.tl.SetStart(cut)
-		s.tl.Mark(laneA, "cut off from the API server")
-		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
-			t.Fatal(err)
-		}
+		s.cutOff(nodeA, "cut off from the API server", env.hub.APIServerIP)
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		s.waitEvicted(podA)
 		podB := s.createPod(nodeB, evictionToleration())
@@ -94,17 +88,10 @@ func TestAPIPartition(t *testing.T) {
 			t.Errorf("node-b mapped the image while node-a's client still watched it")
 		}
 
-		healed := time.Now()
-		s.tl.Mark(laneA, "partition healed")
-		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
-			t.Fatal(err)
-		}
+		healed := s.reconnect(nodeA, "partition healed", env.hub.APIServerIP)
 		s.waitGone(podA)
 		running := s.waitRunning(podB, failoverTimeout())
-		found := s.recordsOn(nodeB, podB, synced)
-		if found != synced {
-			t.Errorf("node-b reads %d of the %d records node-a synced", found, synced)
-		}
+		found := s.expectEveryRecord(nodeB, podB, synced)
 		how := "the controller attached it once app-1 was gone"
 		if s.build == patched {
 			how = "attached at once (FencedFailover); node-b's gate held the map until node-a's kubelet unmapped"
@@ -117,45 +104,73 @@ func TestAPIPartition(t *testing.T) {
 }
 
 // TestCephPartition: node-a loses Ceph but keeps the API server, so its
-// watch expires while it still runs the pod (Ready, not evicted). A second
-// pod for the claim goes to node-b (a rolling update). Both builds keep
-// upstream's Multi-Attach error: node-a is Ready. Patched must not fail
-// over from a live node even though no watcher is left to stop a map.
+// watch expires while it still holds the image (Ready, not evicted). Its
+// pod is deleted and a replacement goes to node-b (a rolling update):
+// node-a's kubelet removes the pod (its own mount needs no Ceph) but
+// cannot unmap without Ceph, so a Ready node holds the device of a pod
+// that is being deleted or gone. Both builds keep upstream's Multi-Attach
+// error: patched must not fail over from a live node, though no watcher
+// is left to stop a map. Once Ceph is back, node-a lets go and node-b
+// runs the replacement with every record node-a synced.
 func TestCephPartition(t *testing.T) {
 	eachBuild(t, "ceph-partition", func(s *scenario) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		podA := s.createPod(nodeA)
 		s.waitRunning(podA, podRunningTimeout)
-		s.writeRecords(nodeA, podA, 5)
+		const synced = 5
+		s.writeRecords(nodeA, podA, synced)
 
-		cut := time.Now()
-		s.tl.SetStart(cut)
-		s.tl.Mark(laneA, "cut off from Ceph")
-		if err := nodeA.Net.CutOff(env.hub.CephIP); err != nil {
-			t.Fatal(err)
-		}
+		cut := s.cutOff(nodeA, "cut off from Ceph", env.hub.CephIP)
 		expired := poll(ctx, t, "node-a's watch expired", failoverTimeout(), func(ctx context.Context) (bool, error) {
 			w, err := env.cluster.Watchers(ctx, s.claim)
 			return err == nil && len(w) == 0, nil
 		})
+		s.tl.Mark(laneA, "app-1 deleted")
+		if err := env.cp.Client.CoreV1().Pods(namespace).Delete(ctx, podA.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		podB := s.createPod(nodeB)
 		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
-		if !s.nothingOnNodeB() {
-			t.Errorf("the volume was attached to or mapped on node-b while node-a ran the pod")
+		// Preconditions, checked at every poll of the window: node-a
+		// Ready, app-1 being deleted or gone, node-a holding its device.
+		var broken string
+		held := s.neverWithin(2*env.watchTimeout, func() bool {
+			if r, err := ready(ctx, nodeA); err != nil || !r {
+				broken = fmt.Sprintf("node-a is not Ready (%v)", err)
+				return true
+			}
+			// Its kubelet removes app-1 once the pod's own mount is gone,
+			// which needs no Ceph; the device stays until it can unmap.
+			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
+			if (err != nil && !apierrors.IsNotFound(err)) || (err == nil && p.DeletionTimestamp == nil) {
+				broken = fmt.Sprintf("app-1 is neither being deleted nor gone (%v)", err)
+				return true
+			}
+			if len(nodeA.Devices()) == 0 {
+				broken = "node-a let go of its device"
+				return true
+			}
+			if s.attached(nodeB) || len(nodeB.Devices()) > 0 {
+				broken = "the volume was attached to or mapped on node-b"
+				return true
+			}
+			return false
+		})
+		if !held {
+			if strings.HasPrefix(broken, "the volume") {
+				t.Errorf("%s while node-a was Ready and held it, its pod deleted", broken)
+			} else {
+				t.Fatalf("precondition: %s while cut off from Ceph; the scenario wants a Ready node holding the device of a deleted pod", broken)
+			}
 		}
-		if r, err := ready(ctx, nodeA); err != nil || !r {
-			t.Errorf("node-a is not Ready (%v): the scenario wants it alive for the API server", err)
-		}
-		s.tl.Mark(laneA, "Ceph reachable again")
-		if err := nodeA.Net.Reconnect(env.hub.CephIP); err != nil {
-			t.Fatal(err)
-		}
-		if err := env.cp.Client.CoreV1().Pods(namespace).Delete(ctx, podB.Name, metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		healed := s.reconnect(nodeA, "Ceph reachable again", env.hub.CephIP)
+		s.waitGone(podA)
+		running := s.waitRunning(podB, failoverTimeout())
+		s.expectEveryRecord(nodeB, podB, synced)
 		s.note("event: %s", msg)
-		s.outcome = fmt.Sprintf("node-a's watch expired %v after the cut, node-a stayed Ready: Multi-Attach error, nothing attached or mapped on node-b for %v",
-			expired.Sub(cut).Round(100*time.Millisecond), 2*env.watchTimeout)
+		s.outcome = fmt.Sprintf("node-a's watch expired %v after the cut; app-1 deleted, node-a Ready and holding the device: Multi-Attach error, "+
+			"nothing attached or mapped on node-b for %v; Ceph back: node-a let go, app-2 Running on node-b %v later with every record",
+			expired.Sub(cut).Round(100*time.Millisecond), 2*env.watchTimeout, running.Sub(healed).Round(100*time.Millisecond))
 		s.finish(expectNoDouble)
 	})
 }
@@ -222,21 +237,14 @@ func TestShortNotReady(t *testing.T) {
 		t, ctx, nodeA, nodeB := s.t, s.ctx, s.nodeA, s.nodeB
 		podA := s.createPod(nodeA, tolerateUnreachable(300*time.Second))
 		s.waitRunning(podA, podRunningTimeout)
-		s.tl.SetStart(time.Now())
-		s.tl.Mark(laneA, "cut off from the API server")
-		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
-			t.Fatal(err)
-		}
+		s.cutOff(nodeA, "cut off from the API server", env.hub.APIServerIP)
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		podB := s.createPod(nodeB)
 		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
 		if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 }) {
 			t.Errorf("the volume was attached to or mapped on node-b while node-a was only NotReady")
 		}
-		s.tl.Mark(laneA, "partition healed")
-		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
-			t.Fatal(err)
-		}
+		s.reconnect(nodeA, "partition healed", env.hub.APIServerIP)
 		poll(ctx, t, "node-a Ready again", failoverTimeout(), func(ctx context.Context) (bool, error) { return ready(ctx, nodeA) })
 		if !s.neverWithin(env.watchTimeout, func() bool { return s.attached(nodeB) || len(nodeB.Devices()) > 0 || !s.attached(nodeA) }) {
 			t.Errorf("after node-a came back the volume is not attached to node-a only")
@@ -281,26 +289,13 @@ func TestCutOff(t *testing.T) {
 			t.Fatalf("before the cut: watchers %v (%v), node-a's clients %v; want node-a's one", watchers, err, clients)
 		}
 
-		cut := time.Now()
-		s.tl.SetStart(cut)
-		s.tl.Mark(laneA, "cut off from the API server and Ceph")
-		for _, peer := range []net.IP{env.hub.APIServerIP, env.hub.CephIP} {
-			if err := nodeA.Net.CutOff(peer); err != nil {
-				t.Fatal(err)
-			}
-		}
+		cut := s.cutOff(nodeA, "cut off from the API server and Ceph", env.hub.APIServerIP, env.hub.CephIP)
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		s.waitEvicted(podA)
 		podB := s.createPod(nodeB, evictionToleration())
 
 		reconnect := func() time.Time {
-			s.tl.Mark(laneA, "reconnected")
-			for _, peer := range []net.IP{env.hub.APIServerIP, env.hub.CephIP} {
-				if err := nodeA.Net.Reconnect(peer); err != nil {
-					t.Fatal(err)
-				}
-			}
-			return time.Now()
+			return s.reconnect(nodeA, "reconnected", env.hub.APIServerIP, env.hub.CephIP)
 		}
 		if s.build == stock && s.mode != v1.ReadWriteMany {
 			msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
@@ -310,10 +305,7 @@ func TestCutOff(t *testing.T) {
 			back := reconnect()
 			s.waitGone(podA)
 			running := s.waitRunning(podB, failoverTimeout())
-			found := s.recordsOn(nodeB, podB, synced)
-			if found != synced {
-				t.Errorf("node-b reads %d of the %d records node-a synced", found, synced)
-			}
+			found := s.expectEveryRecord(nodeB, podB, synced)
 			s.note("event: %s", msg)
 			s.outcome = fmt.Sprintf("Multi-Attach error while node-a was cut off; reconnected: node-a let go, app-2 Running on node-b %v later, %d/%d records",
 				running.Sub(back).Round(100*time.Millisecond), found, synced)
@@ -322,10 +314,7 @@ func TestCutOff(t *testing.T) {
 		}
 
 		running := s.waitRunning(podB, failoverTimeout())
-		found := s.recordsOn(nodeB, podB, synced)
-		if found != synced {
-			t.Errorf("node-b reads %d of the %d records node-a synced before the cut", found, synced)
-		}
+		found := s.expectEveryRecord(nodeB, podB, synced)
 		if s.build == patched {
 			if fenced, err := env.cluster.Blocklisted(ctx, watchers[0].Address); err != nil || !fenced {
 				t.Errorf("node-a's client %s is not blocklisted after node-b mapped (%v)", watchers[0].Address, err)
@@ -336,7 +325,9 @@ func TestCutOff(t *testing.T) {
 		// node-a's application writes while still cut off: its client
 		// queues the write; then node-a is reconnected.
 		written := make(chan stale, 1)
-		go func() { written <- s.staleWrite(clients[0], volA) }()
+		// In the node's namespace: the client's pid goes once node-a,
+		// reconnected, unmaps, maybe before this goroutine runs.
+		go func() { written <- s.staleWrite(nodeA.MountNSPid(), volA) }()
 		time.Sleep(time.Second)
 		back := reconnect()
 		r := <-written

@@ -54,11 +54,7 @@ func TestKubeletRestart(t *testing.T) {
 			t.Fatalf("watchers before the partition: %v (%v), want node-a's", watchers, err)
 		}
 
-		s.tl.SetStart(time.Now())
-		s.tl.Mark(laneA, "cut off from the API server")
-		if err := nodeA.Net.CutOff(env.hub.APIServerIP); err != nil {
-			t.Fatal(err)
-		}
+		s.cutOff(nodeA, "cut off from the API server", env.hub.APIServerIP)
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		s.waitEvicted(podA)
 		podB := s.createPod(nodeB, evictionToleration())
@@ -87,16 +83,10 @@ func TestKubeletRestart(t *testing.T) {
 			t.Errorf("node-b's restarted kubelet mapped the image while node-a's client still watched it")
 		}
 
-		healed := time.Now()
-		s.tl.Mark(laneA, "partition healed")
-		if err := nodeA.Net.Reconnect(env.hub.APIServerIP); err != nil {
-			t.Fatal(err)
-		}
+		healed := s.reconnect(nodeA, "partition healed", env.hub.APIServerIP)
 		s.waitGone(podA)
 		running := s.waitRunning(podB, failoverTimeout())
-		if found := s.recordsOn(nodeB, podB, synced); found != synced {
-			t.Errorf("node-b reads %d of the %d records node-a synced", found, synced)
-		}
+		s.expectEveryRecord(nodeB, podB, synced)
 
 		// Restarted again, now that it runs the pod.
 		mounts, err := nodeB.MountIDs(ctx)

@@ -19,6 +19,7 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -357,8 +358,37 @@ func (s *scenario) writeRecords(n *kubelet.Node, p *v1.Pod, count int) string {
 	return vol
 }
 
-// recordsOn counts node-a's records 1..count that n reads through p's volume.
-func (s *scenario) recordsOn(n *kubelet.Node, p *v1.Pod, count int) int {
+// cutOff starts the scenario's timeline at node n's failure: n is cut off
+// from peers. It returns when the cut was made.
+func (s *scenario) cutOff(n *kubelet.Node, what string, peers ...net.IP) time.Time {
+	s.t.Helper()
+	at := time.Now()
+	s.tl.SetStart(at)
+	s.tl.Mark(s.lane(n), "%s", what)
+	for _, peer := range peers {
+		if err := n.Net.CutOff(peer); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return at
+}
+
+// reconnect lets n reach peers again and returns when it did.
+func (s *scenario) reconnect(n *kubelet.Node, what string, peers ...net.IP) time.Time {
+	s.t.Helper()
+	s.tl.Mark(s.lane(n), "%s", what)
+	for _, peer := range peers {
+		if err := n.Net.Reconnect(peer); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return time.Now()
+}
+
+// expectEveryRecord fails the scenario unless n reads, through p's volume,
+// every one of the count records node-a synced; it returns how many it
+// read.
+func (s *scenario) expectEveryRecord(n *kubelet.Node, p *v1.Pod, count int) int {
 	s.t.Helper()
 	vol := podMountedVolume(s.ctx, s.t, n, p, s.claim)
 	out, err := n.InNode(s.ctx, "cat", vol+"/records")
@@ -370,6 +400,9 @@ func (s *scenario) recordsOn(n *kubelet.Node, p *v1.Pod, count int) int {
 		if strings.Contains(string(out), fmt.Sprintf("%s record %d\n", laneA, i)) {
 			found++
 		}
+	}
+	if found != count {
+		s.t.Errorf("%s reads %d of the %d records node-a synced", n.Name, found, count)
 	}
 	return found
 }

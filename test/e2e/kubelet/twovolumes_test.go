@@ -19,7 +19,6 @@ package kubelet
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -108,21 +107,12 @@ func TestTwoVolumes(t *testing.T) {
 			t.Fatalf("node-a's Ceph client processes: %v, want two", clients)
 		}
 
-		cut := time.Now()
-		s.tl.SetStart(cut)
-		s.tl.Mark(laneA, "cut off from the API server and Ceph")
-		for _, peer := range []net.IP{env.hub.APIServerIP, env.hub.CephIP} {
-			if err := nodeA.Net.CutOff(peer); err != nil {
-				t.Fatal(err)
-			}
-		}
+		cut := s.cutOff(nodeA, "cut off from the API server and Ceph", env.hub.APIServerIP, env.hub.CephIP)
 		poll(ctx, t, "node-a not Ready", failoverTimeout(), notReady(nodeA))
 		s.waitEvicted(podX)
 		podB := s.createPod(nodeB, evictionToleration())
 		running := s.waitRunning(podB, failoverTimeout())
-		if found := s.recordsOn(nodeB, podB, synced); found != synced {
-			t.Errorf("node-b reads %d of the %d records node-a synced to %s", found, synced, s.claim)
-		}
+		s.expectEveryRecord(nodeB, podB, synced)
 		if fenced, err := env.cluster.Blocklisted(ctx, mapX.Address); err != nil || !fenced {
 			t.Errorf("node-a's client of %s (%s) is not blocklisted after node-b mapped it (%v)", s.claim, mapX.Address, err)
 		}
@@ -131,13 +121,7 @@ func TestTwoVolumes(t *testing.T) {
 			t.Fatalf("app-2 (volume %s) was evicted or cannot be read (%v): the scenario wants it kept on node-a", claimY, err)
 		}
 
-		s.tl.Mark(laneA, "reconnected")
-		for _, peer := range []net.IP{env.hub.APIServerIP, env.hub.CephIP} {
-			if err := nodeA.Net.Reconnect(peer); err != nil {
-				t.Fatal(err)
-			}
-		}
-		back := time.Now()
+		back := s.reconnect(nodeA, "reconnected", env.hub.APIServerIP, env.hub.CephIP)
 		// Y's client lost its watch while cut off; not fenced, it watches
 		// again once it reaches the OSDs.
 		rewatched := poll(ctx, t, "node-a's client of "+claimY+" watching it again", failoverTimeout(),

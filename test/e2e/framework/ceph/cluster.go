@@ -15,10 +15,10 @@ limitations under the License.
 */
 
 // Package ceph runs a throwaway single-node Ceph cluster on one address for
-// end-to-end tests: one monitor, one OSD on memstore, cephx, one pool and a
-// client user with the rbd profile. It uses Debian's ceph-mon, ceph-osd and
-// ceph-common packages (installed by hack/install-deps.sh) and needs no
-// kernel module.
+// end-to-end tests: one monitor, Options.OSDs memstore OSDs (one unless
+// set; the e2e suites run three), cephx, one pool and a client user with
+// the rbd profile. It uses Debian's ceph-mon, ceph-osd and ceph-common
+// packages (installed by hack/install-deps.sh) and needs no kernel module.
 package ceph
 
 import (
