@@ -129,44 +129,48 @@ func TestCephPartition(t *testing.T) {
 		if err := env.cp.Client.CoreV1().Pods(namespace).Delete(ctx, podA.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		podB := s.createPod(nodeB)
-		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
-		// Preconditions, checked at every poll of the window: node-a
-		// Ready, app-1 being deleted or gone, node-a holding its device.
-		var broken string
-		held := s.neverWithin(2*env.watchTimeout, func() bool {
+		// Preconditions, checked at every poll from app-1's deletion to
+		// the reconnect: node-a Ready, app-1 being deleted or gone, node-a
+		// holding its device. A lapse would make it another scenario.
+		var seenTerminating, seenGone bool
+		holds := func() {
 			if r, err := ready(ctx, nodeA); err != nil || !r {
-				broken = fmt.Sprintf("node-a is not Ready (%v)", err)
-				return true
+				t.Fatalf("precondition: node-a is not Ready (%v) while cut off from Ceph", err)
 			}
 			// Its kubelet removes app-1 once the pod's own mount is gone,
 			// which needs no Ceph; the device stays until it can unmap.
 			p, err := env.cp.Client.CoreV1().Pods(namespace).Get(ctx, podA.Name, metav1.GetOptions{})
-			if (err != nil && !apierrors.IsNotFound(err)) || (err == nil && p.DeletionTimestamp == nil) {
-				broken = fmt.Sprintf("app-1 is neither being deleted nor gone (%v)", err)
-				return true
+			switch {
+			case apierrors.IsNotFound(err):
+				seenGone = true
+			case err != nil:
+				t.Fatalf("read app-1: %v", err)
+			case p.DeletionTimestamp == nil:
+				t.Fatalf("precondition: app-1 is not being deleted")
+			default:
+				seenTerminating = true
 			}
 			if len(nodeA.Devices()) == 0 {
-				broken = "node-a let go of its device"
-				return true
+				t.Fatalf("precondition: node-a let go of its device while cut off from Ceph; the scenario wants a Ready node holding the device of a deleted pod")
 			}
-			if s.attached(nodeB) || len(nodeB.Devices()) > 0 {
-				broken = "the volume was attached to or mapped on node-b"
-				return true
-			}
-			return false
-		})
-		if !held {
-			if strings.HasPrefix(broken, "the volume") {
-				t.Errorf("%s while node-a was Ready and held it, its pod deleted", broken)
-			} else {
-				t.Fatalf("precondition: %s while cut off from Ceph; the scenario wants a Ready node holding the device of a deleted pod", broken)
-			}
+		}
+		holds()
+		podB := s.createPod(nodeB)
+		msg := s.eventChecking(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout(), holds)
+		if !s.neverWithin(2*env.watchTimeout, func() bool {
+			holds()
+			return s.attached(nodeB) || len(nodeB.Devices()) > 0
+		}) {
+			t.Errorf("the volume was attached to or mapped on node-b while node-a was Ready and held it, its pod deleted")
 		}
 		healed := s.reconnect(nodeA, "Ceph reachable again", env.hub.CephIP)
 		s.waitGone(podA)
+		poll(ctx, t, "node-a let go of its device", podGoneTimeout, func(context.Context) (bool, error) {
+			return len(nodeA.Devices()) == 0, nil
+		})
 		running := s.waitRunning(podB, failoverTimeout())
 		s.expectEveryRecord(nodeB, podB, synced)
+		s.note("app-1 while node-a was cut off: seen being deleted %v, seen gone %v", seenTerminating, seenGone)
 		s.note("event: %s", msg)
 		s.outcome = fmt.Sprintf("node-a's watch expired %v after the cut; app-1 deleted, node-a Ready and holding the device: Multi-Attach error, "+
 			"nothing attached or mapped on node-b for %v; Ceph back: node-a let go, app-2 Running on node-b %v later with every record",
@@ -213,8 +217,7 @@ func TestHealthyRace(t *testing.T) {
 			t.Fatalf("node-a's watch (client.%d) is not on the image during the healthy race (watchers %v): its precondition does not hold",
 				holder, watchers)
 		}
-		healthy()
-		msg := s.event(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout())
+		msg := s.eventChecking(podB, "FailedAttachVolume", "Multi-Attach error", failoverTimeout(), healthy)
 		if !s.neverWithin(2*env.watchTimeout, func() bool {
 			healthy()
 			return s.attached(s.nodeB) || len(s.nodeB.Devices()) > 0
@@ -325,8 +328,8 @@ func TestCutOff(t *testing.T) {
 		// node-a's application writes while still cut off: its client
 		// queues the write; then node-a is reconnected.
 		written := make(chan stale, 1)
-		// In the node's namespace: the client's pid goes once node-a,
-		// reconnected, unmaps, maybe before this goroutine runs.
+		// In the node's namespace rather than the client's: the client's
+		// pid goes once node-a, reconnected, unmaps.
 		go func() { written <- s.staleWrite(nodeA.MountNSPid(), volA) }()
 		time.Sleep(time.Second)
 		back := reconnect()

@@ -316,7 +316,8 @@ func (s *scenario) overwriteMarker(pid int, vol string, fill byte, bound time.Du
 	defer cancel()
 	start := time.Now()
 	out, err := kubelet.InClientNS(ctx, pid, "sh", "-c",
-		`head -c 4096 /dev/zero | tr '\0' "$2" | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
+		`mountpoint -q "$1" || { echo "$1 is not mounted"; exit 97; }
+head -c 4096 /dev/zero | tr '\0' "$2" | dd of="$1/marker" bs=4096 count=1 conv=notrunc oflag=direct,dsync status=none`,
 		"app", vol, string(fill))
 	return stale{out: out, err: err, hung: ctx.Err() != nil, took: time.Since(start), bound: bound}
 }

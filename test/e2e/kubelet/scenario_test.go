@@ -102,9 +102,11 @@ type scenario struct {
 	name, build  string
 	mode         v1.PersistentVolumeAccessMode
 	nodeA, nodeB *kubelet.Node
-	claim        string
-	tl           *timeline.Timeline
-	mon          *monitor
+	// kubelets is each node's kubelet build, by lane.
+	kubelets map[string]string
+	claim    string
+	tl       *timeline.Timeline
+	mon      *monitor
 	// pods are the scenario's pods in order; the monitor reads them.
 	podsMu  sync.Mutex
 	pods    []*v1.Pod
@@ -161,6 +163,7 @@ func newScenario(ctx context.Context, t *testing.T, name string, r variant) *sce
 	}
 	s.nodeA = startNode(ctx, t, id+"-a", r.build)
 	s.nodeB = startNode(ctx, t, id+"-b", target)
+	s.kubelets = map[string]string{laneA: r.build, laneB: target}
 	mode := r.mode
 	if mode == "" {
 		mode = v1.ReadWriteOnce
@@ -322,8 +325,16 @@ func (s *scenario) neverWithin(d time.Duration, cond func() bool) bool {
 // and returns the message.
 func (s *scenario) event(p *v1.Pod, reason, part string, timeout time.Duration) string {
 	s.t.Helper()
+	return s.eventChecking(p, reason, part, timeout, func() {})
+}
+
+// eventChecking is event with check run at every poll: a scenario's
+// preconditions hold while it waits too.
+func (s *scenario) eventChecking(p *v1.Pod, reason, part string, timeout time.Duration, check func()) string {
+	s.t.Helper()
 	var msg string
 	err := wait.PollUntilContextTimeout(s.ctx, pollInterval, timeout, true, func(ctx context.Context) (bool, error) {
+		check()
 		evs, err := env.cp.Client.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil
@@ -402,7 +413,7 @@ func (s *scenario) expectEveryRecord(n *kubelet.Node, p *v1.Pod, count int) int 
 		}
 	}
 	if found != count {
-		s.t.Errorf("%s reads %d of the %d records node-a synced", n.Name, found, count)
+		s.t.Errorf("%s reads %d of the %d records node-a synced to %s", s.lane(n), found, count, s.claim)
 	}
 	return found
 }
@@ -490,7 +501,7 @@ func (s *scenario) verdict(acc calllog.Accounting, want expectation) {
 		}
 		// The patched kubelet maps every read-write image with its own
 		// client, so that a fence takes that mapping alone.
-		if s.build == patched && !m.ReadOnly && !hasOption(m.Options, "noshare") {
+		if s.kubelets[m.Node] == patched && !m.ReadOnly && !hasOption(m.Options, "noshare") {
 			t.Errorf("%s mapped %s read-write without noshare (options %q)", m.Node, m.Device, m.Options)
 		}
 	}

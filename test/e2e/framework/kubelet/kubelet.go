@@ -452,8 +452,8 @@ func (n *Node) WakeUp() error {
 	return n.Cgroup.Thaw(10 * time.Second)
 }
 
-// InClientNS runs argv in the mount namespace of the node's Ceph client pid
-// (still there after the kubelet is gone). Its whole process group is
+// InClientNS runs argv in the mount namespace of pid (a node's Ceph client
+// or its namespace holder, both still there after the kubelet is gone). Its whole process group is
 // killed at ctx's deadline, and what is left of the group once the command
 // has exited: a dd must not outlive the shell that ran it.
 func InClientNS(ctx context.Context, pid int, argv ...string) ([]byte, error) {
